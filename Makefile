@@ -1,0 +1,48 @@
+# detkit: `make demo` and `make test` each do the whole set-up from a fresh clone.
+# PY_BOOT is the interpreter that creates the venv; TORCH_PKGS pins the torch build these machines
+# have on local disk (setup.cfg itself only declares ranges).
+PY_BOOT    ?= python3
+VENV       ?= .venv
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+PY          = $(VENV)/bin/python
+PIP         = $(PY) -m pip
+PLUGINS     = $(sort $(wildcard plugins/*/setup.cfg))
+PLUGIN_SRC  = $(shell find plugins -type f \( -name '*.py' -o -name '*.cfg' -o -name '*.toml' \) -not -path '*/build/*' -not -path '*.egg-info*' 2>/dev/null)
+STAMP       = $(VENV)/.detkit-installed
+DEMO_DIR   ?= data/shapes
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean help
+
+help:
+	@echo "make demo    - create $(VENV), install everything, run the default job (synthetic shapes)"
+	@echo "make test    - create $(VENV) if missing, install everything, run the test suite"
+	@echo "make install - create $(VENV) and install detkit, test extras and plugins/*"
+	@echo "make bench   - run tools/bench.py (all benchmarks)"
+
+$(PY):
+	$(PY_BOOT) -m venv $(VENV)
+
+# Re-installs when packaging metadata (entry points!) or a plugin changes.
+$(STAMP): $(PY) setup.cfg pyproject.toml $(PLUGIN_SRC)
+	$(PIP) install $(TORCH_PKGS)
+	$(PIP) install -e '.[test]'
+	@for p in $(dir $(PLUGINS)); do \
+		echo "installing plugin $$p"; \
+		$(PIP) install "./$$p" || exit 1; \
+	done
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	DETKIT_SLOW=$${DETKIT_SLOW:-0} $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) tools/demo.py
+
+bench: install
+	$(PY) tools/bench.py all
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,258 @@
+"""The ``detkit`` command line.
+
+Each command parses its options and calls one function of the subsystem that does the work, so the
+same thing is available from Python. Errors a user can fix (:class:`detkit.errors.DetkitError`) are
+printed as one message and exit with status 2; set ``DETKIT_DEBUG=1`` to see their traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from detkit import __version__
+
+
+def _friendly_errors(func):
+    """Print DetkitError as a one-line message (exit 2) instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from detkit.errors import DetkitError
+
+        try:
+            return func(*args, **kwargs)
+        except DetkitError as exc:
+            if os.environ.get("DETKIT_DEBUG"):
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _load(config, overrides):
+    from detkit.config import load_config
+
+    return load_config(config, overrides)
+
+
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value by dotted path (repeatable); +KEY=VALUE adds a new key.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="detkit")
+def main():
+    """detkit: plugin-based object detection on PyTorch."""
+
+
+# ----------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--group", type=str, default=None, help="Only this group (backbones, heads, ...).")
+@click.option("--no-load", is_flag=True, help="List names without importing any component.")
+@_friendly_errors
+def plugins(group, no_load):
+    """List every registered component: group, name, distribution, version and load status."""
+    from detkit import registry
+
+    rows = registry.components(group, load=not no_load)
+    header = ("GROUP", "NAME", "DISTRIBUTION", "VERSION", "STATUS")
+    table = [(r.group, r.name, r.distribution, r.version, r.status) for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)] if table else []
+    if not table:
+        click.echo("no components registered")
+        return
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row, info in zip(table, rows):
+        line = "  ".join(str(x).ljust(w) for x, w in zip(row, widths))
+        colour = {"ok": None, "failed": "red", "conflict": "red", "disabled": "yellow"}.get(info.status)
+        click.secho(line.rstrip(), fg=colour)
+        if info.error:
+            click.secho(f"    -> {info.error}", fg=colour)
+    failed = sum(r.status in ("failed", "conflict") for r in rows)
+    if failed:
+        click.secho(f"{failed} component(s) unusable; the others work normally.", fg="yellow", err=True)
+
+
+# ----------------------------------------------------------------------------------------------
+@main.group()
+def config():
+    """Inspect config files."""
+
+
+@config.command("show")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@set_option
+@_friendly_errors
+def config_show(config_file, overrides):
+    """Print the fully resolved config (bases merged, overrides applied) as JSON."""
+    from detkit.config import dump_config
+
+    click.echo(dump_config(_load(config_file, overrides)))
+
+
+# ----------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default work_dirs/<config name>).")
+@set_option
+@click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
+              help="Resume from PATH, or from the latest checkpoint of the work dir when no PATH.")
+@click.option("--seed", type=int, default=None, help="Random seed (overrides train.seed).")
+@click.option("--deterministic", is_flag=True, help="Use deterministic algorithms (slower).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (overrides train.amp).")
+@click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs).")
+@click.option("--unsafe-load", is_flag=True,
+              help="Allow resuming from a checkpoint that needs pickle (only for files you trust).")
+@click.option("--launcher", type=click.Choice(["none", "torchrun"]), default="none",
+              help="torchrun: join the process group that torchrun set up (also auto-detected).")
+@_friendly_errors
+def train(config_file, work_dir, overrides, resume, seed, deterministic, device, amp, epochs,
+          unsafe_load, launcher):
+    """Train the detector described by CONFIG_FILE."""
+    from detkit.engine.runner import train as run_train
+
+    cfg = _load(config_file, overrides)
+    run_train(cfg, config_path=config_file, work_dir=work_dir, resume=resume, seed=seed,
+              deterministic=deterministic, device=device, amp=amp, epochs=epochs,
+              unsafe_load=unsafe_load, launcher=launcher)
+
+
+@main.command("eval")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--metric", type=click.Choice(["voc07", "voc", "coco", "all"]), default="all",
+              show_default=True)
+@click.option("--split", default="val", show_default=True, help="Which data split to evaluate.")
+@click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
+              help="Write the metrics as JSON here.")
+@click.option("--out", "results_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the detections in COCO results JSON format here.")
+@click.option("--device", default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@set_option
+@_friendly_errors
+def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, device, batch_size,
+             unsafe_load, overrides):
+    """Evaluate CHECKPOINT on a split of the config's data and print VOC / COCO metrics."""
+    from detkit.engine.runner import evaluate
+
+    cfg = _load(config_file, overrides)
+    evaluate(cfg, checkpoint, metric=metric, split=split, metrics_out=metrics_out,
+             results_out=results_out, device=device, batch_size=batch_size, unsafe_load=unsafe_load)
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("source")
+@click.option("--conf", type=float, default=None, help="Score threshold.")
+@click.option("--iou", type=float, default=None, help="NMS IoU threshold.")
+@click.option("--max-det", type=int, default=None, help="Maximum detections per image.")
+@click.option("--classes", default=None, help="Keep only these classes (comma-separated names or ids).")
+@click.option("--device", default=None)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default runs/infer/expN).")
+@click.option("--exist-ok", is_flag=True, help="Reuse an existing output folder.")
+@click.option("--save-vis/--no-save-vis", default=True, help="Write annotated images/videos.")
+@click.option("--save-json", is_flag=True, help="Write predictions.json (COCO results format).")
+@click.option("--save-txt", is_flag=True, help="Write one .txt per image, one line per box.")
+@click.option("--show", is_flag=True, help="Show results in a window (needs a display).")
+@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@set_option
+@_friendly_errors
+def infer(config_file, checkpoint, source, conf, iou, max_det, classes, device, batch_size, out_dir,
+          exist_ok, save_vis, save_json, save_txt, show, unsafe_load, overrides):
+    """Run CHECKPOINT on SOURCE: an image, a folder, a glob, a video file or a webcam index."""
+    from detkit.inference.run import infer as run_infer
+
+    cfg = _load(config_file, overrides)
+    run_infer(cfg, checkpoint, source, conf=conf, iou=iou, max_det=max_det, classes=classes,
+              device=device, batch_size=batch_size, out_dir=out_dir, exist_ok=exist_ok,
+              save_vis=save_vis, save_json=save_json, save_txt=save_txt, show=show,
+              unsafe_load=unsafe_load)
+
+
+@main.command("check-data")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="all",
+              show_default=True)
+@click.option("--workers", type=int, default=None, help="Parallel readers (default: CPU count).")
+@set_option
+@_friendly_errors
+def check_data(config_file, split, workers, overrides):
+    """Read every sample of the config's data once and report counts and problems."""
+    from detkit.data.check import check_data as run_check
+
+    cfg = _load(config_file, overrides)
+    fatal = run_check(cfg, split=split, workers=workers)
+    sys.exit(1 if fatal else 0)
+
+
+# ----------------------------------------------------------------------------------------------
+@main.group()
+def data():
+    """Data set tools: synthetic data, conversion, browsing."""
+
+
+@data.command("make-shapes")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--num", type=int, default=500, show_default=True, help="Images in total.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@_friendly_errors
+def make_shapes(out, num, seed, size, val_fraction):
+    """Write a synthetic shapes data set to OUT in VOC layout plus COCO JSON."""
+    from detkit.data.shapes import make_shapes as run_make
+
+    summary = run_make(out, num=num, seed=seed, size=size, val_fraction=val_fraction)
+    click.echo(summary)
+
+
+@data.command("voc2coco")
+@click.argument("root", type=click.Path(file_okay=False, exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--split", default="train", show_default=True)
+@click.option("--classes", default=None, help="Comma-separated class names (default: VOC's 20).")
+@_friendly_errors
+def voc2coco(root, out, split, classes):
+    """Convert a VOC-layout split to a COCO annotation JSON."""
+    from detkit.data.convert import voc_to_coco
+
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    click.echo(voc_to_coco(root, out, split=split, classes=names))
+
+
+@data.command("show")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--split", default="train", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/browse",
+              show_default=True)
+@click.option("--num", type=int, default=20, show_default=True)
+@click.option("--transformed", is_flag=True, help="Draw samples after the training transforms.")
+@set_option
+@_friendly_errors
+def data_show(config_file, split, out_dir, num, transformed, overrides):
+    """Write images of a split with their ground-truth boxes drawn."""
+    from detkit.data.browse import browse
+
+    cfg = _load(config_file, overrides)
+    click.echo(browse(cfg, split=split, out_dir=out_dir, num=num, transformed=transformed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Python config files.
+
+A config is a ``.py`` file whose top-level names (``model``, ``data``, ``train``, ``eval``, ``infer``)
+are plain data: dicts, lists, tuples, strings, numbers, booleans and None.
+
+* ``_base_ = "_base_/schedule.py"`` (or a list) inherits other files, relative to this one; dicts
+  are merged deeply, later files win, and ``dict(_delete_=True, ...)`` replaces instead of merging.
+* Overrides ``key.path=value`` (values parsed as Python literals, else kept as strings) must name a
+  key that exists, so a typo is an error; ``+key.path=value`` adds a new key. List items are
+  addressed by index (``data.train.transforms.0.p=0.2``).
+* A string ``"${data.root}"`` refers to another value and is resolved *after* overrides, so
+  overriding ``data.root`` reaches every place that refers to it; ``"${data.root}/train"`` formats.
+* The resolved config is plain JSON (:func:`dump_config`), loadable without executing any code.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import json
+import re
+import runpy
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from detkit.errors import ConfigError
+
+__all__ = ["load_config", "merge", "apply_overrides", "resolve_references", "dump_config", "config_name"]
+
+SECTIONS = ("model", "data", "train", "eval", "infer")
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+def config_name(path: str | Path) -> str:
+    return Path(path).stem
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
+    """Load a config file (or a resolved ``.json`` dump), merge its bases, apply overrides."""
+    path = Path(path)
+    cfg = _load_file(path, stack=())
+    cfg = apply_overrides(cfg, overrides)
+    return resolve_references(cfg)
+
+
+def _load_file(path: Path, stack: tuple) -> dict:
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise ConfigError(f"_base_ cycle: {chain}")
+    if path.suffix == ".json":
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+    if path.suffix != ".py":
+        raise ConfigError(f"{path}: a config is a .py file (or a resolved .json dump)")
+    try:
+        namespace = runpy.run_path(str(path), run_name="__detkit_config__")
+    except Exception as exc:
+        raise ConfigError(f"{path}: executing the config failed: {type(exc).__name__}: {exc}") from exc
+
+    bases = namespace.get("_base_", [])
+    if isinstance(bases, (str, Path)):
+        bases = [bases]
+    merged: dict = {}
+    for base in bases:
+        merged = merge(merged, _load_file(path.parent / base, stack + (path,)))
+
+    own = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        own[key] = _plain(value, f"{path.name}:{key}")
+    _check_section_names(own, path)
+    return merge(merged, own)
+
+
+def _check_section_names(cfg: Mapping, path: Path) -> None:
+    """A top-level name one letter away from a section (``trian``) is a typo, not a helper variable."""
+    for key in cfg:
+        if key in SECTIONS:
+            continue
+        close = difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"{path}: top-level name '{key}' looks like a typo of '{close[0]}'")
+
+
+def _plain(value: Any, where: str):
+    """Configs hold plain data only, so the resolved dump is JSON and never needs code to load."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}.{i}") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise ConfigError(
+        f"{where}: configs hold plain data (dict, list, str, number, bool, None), "
+        f"got {type(value).__name__}"
+    )
+
+
+def merge(base: Any, child: Any) -> Any:
+    """Deep-merge ``child`` onto ``base``; ``dict(_delete_=True, ...)`` in child replaces instead."""
+    if isinstance(child, Mapping):
+        child = dict(child)
+        replace = child.pop("_delete_", False)
+        if replace or not isinstance(base, Mapping):
+            return {k: merge(None, v) for k, v in child.items()}
+        out = {k: copy.deepcopy(v) for k, v in base.items()}
+        for key, value in child.items():
+            out[key] = merge(out.get(key), value)
+        return out
+    if isinstance(child, list):
+        return [merge(None, v) for v in child]
+    return copy.deepcopy(child)
+
+
+def parse_value(text: str) -> Any:
+    """``--set`` values are Python literals (``3``, ``0.1``, ``[1,2]``, ``None``, ``'x'``), else strings."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        add = key.startswith("+")
+        key = key.lstrip("+")
+        if not key:
+            raise ConfigError(f"override '{item}' has no key")
+        set_by_path(cfg, key, _plain(parse_value(text), key), add=add)
+    return cfg
+
+
+def set_by_path(cfg: dict, dotted: str, value: Any, *, add: bool = False) -> None:
+    parts = dotted.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = ".".join(parts[:depth]) or "<top level>"
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise ConfigError(
+                    f"--set {dotted}: '{part}' is not an index of {here} (a list of {len(node)} items)"
+                )
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {here} is a {type(node).__name__}, not a dict")
+        if part not in node:
+            if add:
+                if last:
+                    node[part] = value
+                    return
+                node[part] = {}
+            else:
+                msg = f"--set {dotted}: '{part}' is not a key of {here}."
+                close = difflib.get_close_matches(part, [str(k) for k in node], n=2, cutoff=0.6)
+                if close:
+                    msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+                else:
+                    msg += f" Keys there: {', '.join(map(str, node)) or '(none)'}."
+                msg += f" Use +{dotted}=... to add a new key."
+                raise ConfigError(msg)
+        if last:
+            node[part] = value
+            return
+        node = node[part]
+
+
+def get_by_path(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            raise KeyError(dotted)
+    return node
+
+
+def resolve_references(cfg: dict) -> dict:
+    """Replace ``"${a.b}"`` strings with the referenced value (after merging and overrides)."""
+
+    def resolve(value, where, stack):
+        if isinstance(value, dict):
+            return {k: resolve(v, f"{where}.{k}" if where else k, stack) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, f"{where}.{i}", stack) for i, v in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def lookup(ref):
+            ref = ref.strip()
+            if ref in stack:
+                raise ConfigError(f"{where}: reference cycle {' -> '.join((*stack, ref))}")
+            try:
+                target = get_by_path(cfg, ref)
+            except KeyError:
+                raise ConfigError(f"{where}: '${{{ref}}}' refers to a key that does not exist") from None
+            return resolve(target, ref, (*stack, ref))
+
+        whole = _REF.fullmatch(value)
+        if whole:
+            return lookup(whole.group(1))
+        return _REF.sub(lambda m: str(lookup(m.group(1))), value)
+
+    return resolve(cfg, "", ())
+
+
+def dump_config(cfg: Mapping, path: str | Path | None = None) -> str:
+    text = json.dumps(cfg, indent=2, sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text + "\n")
+    return text
