@@ -1,0 +1,70 @@
+"""Shared fixtures: fake installed distributions, the raccoon data set, slow-test gating."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RACCOON_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "raccoon"
+
+
+def pytest_collection_modifyitems(config, items):
+    # Slow tests (long training) run only when asked: `DETKIT_SLOW=1 make test`.
+    if os.environ.get("DETKIT_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: set DETKIT_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def raccoon_root() -> Path:
+    """The real raccoon VOC data set, read in place; the test is skipped when it is absent."""
+    if not (RACCOON_ROOT / "Annotations").is_dir():
+        pytest.skip(f"raccoon data set not found at {RACCOON_ROOT}")
+    return RACCOON_ROOT
+
+
+@pytest.fixture
+def fake_dist(tmp_path, monkeypatch):
+    """Create installed-looking distributions on a temporary sys.path entry.
+
+    ``fake_dist("acme-det", {"detkit.backbones": {"tiny": "acme_det.nets:Tiny"}}, modules={"acme_det/nets.py": src})``
+    writes ``acme_det-1.0.dist-info`` with METADATA and entry_points.txt, plus the given module files, and refreshes
+    the registries. Everything is undone after the test.
+    """
+    from detkit import registry
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def make(name: str, entry_points: dict, modules: dict | None = None, version: str = "1.0"):
+        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        lines = []
+        for group, eps in entry_points.items():
+            lines.append(f"[{group}]")
+            lines += [f"{ep_name} = {target}" for ep_name, target in eps.items()]
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        for rel, source in (modules or {}).items():
+            path = site / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent != site and not (path.parent / "__init__.py").exists():
+                (path.parent / "__init__.py").write_text("")
+            path.write_text(textwrap.dedent(source))
+        registry.refresh()
+        return info
+
+    yield make
+    for mod in [m for m in sys.modules if m.startswith(("acme", "fake_", "broken_"))]:
+        sys.modules.pop(mod, None)
+    monkeypatch.undo()
+    registry.refresh()
