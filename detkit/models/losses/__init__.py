@@ -1,0 +1,2 @@
+"""Detection losses. Built through the ``detkit.losses`` entry points (e.g. ``yolov1_loss``); importing
+this package imports no loss."""

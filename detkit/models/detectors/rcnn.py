@@ -1,0 +1,345 @@
+"""R-CNN / Fast R-CNN: proposals -> a feature per region -> class scores and refined boxes.
+
+Build it from a config (``detkit.models.builder.build_detector`` injects ``num_classes`` and
+``class_names`` from the data's class list)::
+
+    model = dict(type="rcnn", backbone=dict(type="resnet18"),
+                 proposals=dict(type="sliding_window"),            # or selective_search, precomputed
+                 head=dict(type="region_classifier", mode="roi"),   # "warp" = the original R-CNN
+                 loss=dict(type="region_loss"),
+                 postprocessor=dict(type="batched_nms", iou_threshold=0.3, score_threshold=0.05),
+                 num_samples=128, fg_fraction=0.25, fg_iou=0.5, bg_iou=(0.1, 0.5))
+
+The two stages:
+
+1. **Proposals** (:mod:`detkit.models.proposals`) for every image, in the pixels of the *input image
+   the model sees*; clipped to it, boxes smaller than ``min_proposal_size`` dropped, the first
+   ``max_proposals_train`` / ``max_proposals_test`` kept (generators rank best first).
+2. **Region classifier** (:mod:`detkit.models.heads.region_classifier`): ``roi`` mode runs the
+   backbone once per image and pools every proposal from its feature map (Fast R-CNN); ``warp``
+   mode crops and warps every proposal and runs the backbone on each crop (R-CNN). Either way:
+   ``C + 1`` class logits (0 = background) and class-specific box deltas.
+
+Training (``model.train()``, targets required): the ground-truth boxes are added to the proposals,
+:class:`~detkit.models.sampler.RegionSampler` draws ``num_samples`` regions per image (at most
+``fg_fraction`` foreground with IoU >= ``fg_iou``, backgrounds with IoU in ``bg_iou``, see the sampler
+for the fallback), foregrounds get regression targets from the head's box coder (weights
+(10, 10, 5, 5)), and the loss (:mod:`detkit.models.losses.region_loss`) returns ``loss_cls`` and
+``loss_box`` plus ``stat_*`` values (the trainer sums only ``loss_*``). Objects flagged ``difficult``
+(VOC) or ``iscrowd`` (COCO) are left out of the ground truth by default, as py-faster-rcnn does.
+
+Inference (``model.eval()``): softmax scores, class-specific boxes decoded from every proposal and
+clipped to the image, then the postprocessor (score threshold, per-class NMS -- IoU 0.3 in the rcnn
+configs, R-CNN's value -- and ``max_per_image``). Boxes are in input pixels, or in original-image
+pixels when ``targets`` with a ``meta`` are passed (:func:`detkit.structures.boxes_to_original`), the
+same contract as YOLOv1.
+
+Where proposals come from, and the trade-off. Proposals are generated on the input tensor (turned
+back into ``uint8`` RGB for generators that look at pixels). That is the only choice that stays
+correct under any training augmentation (flips, crops, affine, colour): the boxes match what the
+network sees. The price is paid by expensive, content-dependent generators: selective search on a
+freshly augmented image misses the plugin's disk cache every time (seconds per image). The
+alternative -- proposals computed once on the original images, as the papers did -- is what
+``precomputed`` offers; it needs the geometry from the original to the input, which detkit records
+for resize / letterbox only, so it refuses augmented training images. Practical guide:
+
+* ``sliding_window``: depends on the input size only; computed once per size and reused, free.
+* ``selective_search``: train without geometric/colour augmentation so every image is identical in
+  every epoch and cached after the first; or precompute the cache
+  (``detkit_selective_search.precompute``).
+* ``precomputed``: original-image boxes from a file, mapped through the resize record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from detkit import registry
+from detkit.errors import ConfigError, DataError
+from detkit.models.sampler import RegionSampler
+from detkit.registry import Spec
+from detkit.structures import boxes_to_original, check_targets
+
+__all__ = ["RCNN", "images_to_uint8"]
+
+
+def images_to_uint8(images: Tensor) -> list[np.ndarray]:
+    """``[N, 3, H, W]`` float 0..1 -> ``N`` uint8 ``[H, W, 3]`` RGB arrays (what generators take)."""
+    as_bytes = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return list(as_bytes.permute(0, 2, 3, 1).contiguous().cpu().numpy())
+
+
+class RCNN(nn.Module):
+    """The R-CNN-family detector (see the module docstring).
+
+    Args:
+        backbone: backbone config (``out_channels``, ``stride``, ``pixel_mean``, ``pixel_std``).
+        head: region classifier config, built with ``in_channels=backbone.out_channels``,
+            ``num_classes`` and ``stride=backbone.stride``.
+        loss: loss config (``dict(type="region_loss")``), built with ``num_classes``.
+        postprocessor: the batched postprocessor (``dict(type="batched_nms", iou_threshold=0.3)``).
+        proposals: proposal generator config (``dict(type="sliding_window")``, ...).
+        num_classes: C; injected by the builder from the class list.
+        class_names: names of the C classes.
+        num_samples: regions sampled per training image (128).
+        fg_fraction: largest foreground share of the sample (0.25).
+        fg_iou: IoU from which a region is foreground (0.5).
+        bg_iou: IoU band ``[lo, hi)`` of backgrounds ((0.1, 0.5)).
+        bg_fallback: fill missing backgrounds from IoU ``[0, lo)`` (see :mod:`detkit.models.sampler`).
+        max_proposals_train: proposals kept per training image (before the ground truth is added).
+        max_proposals_test: proposals kept per image at inference.
+        min_proposal_size: proposals narrower or lower than this many input pixels are dropped
+            (they carry no features and have no defined box deltas).
+        skip_difficult, skip_crowd: leave ``difficult`` / ``iscrowd`` objects out of training.
+
+    Each component argument may also be an already-built object (Python use).
+    """
+
+    def __init__(
+        self,
+        backbone: Spec,
+        head: Spec,
+        loss: Spec,
+        postprocessor: Spec,
+        proposals: Spec,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        num_samples: int = 128,
+        fg_fraction: float = 0.25,
+        fg_iou: float = 0.5,
+        bg_iou: Sequence[float] = (0.1, 0.5),
+        bg_fallback: bool = True,
+        max_proposals_train: int = 2000,
+        max_proposals_test: int = 1000,
+        min_proposal_size: float = 2.0,
+        skip_difficult: bool = True,
+        skip_crowd: bool = True,
+    ):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"model: num_classes must be a positive integer, got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(f"model: {len(class_names)} class names for num_classes={num_classes}")
+        for name, value in (("max_proposals_train", max_proposals_train),
+                            ("max_proposals_test", max_proposals_test)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        if not float(min_proposal_size) >= 0:
+            raise ConfigError(f"model.min_proposal_size must be >= 0, got {min_proposal_size!r}")
+        self.num_classes = num_classes
+        self.class_names = tuple(class_names) if class_names is not None else tuple(
+            f"class_{i}" for i in range(num_classes))
+        self.max_proposals_train = max_proposals_train
+        self.max_proposals_test = max_proposals_test
+        self.min_proposal_size = float(min_proposal_size)
+        self.skip_difficult = bool(skip_difficult)
+        self.skip_crowd = bool(skip_crowd)
+        self.sampler = RegionSampler(num_samples=num_samples, fg_fraction=fg_fraction, fg_iou=fg_iou,
+                                     bg_iou=tuple(bg_iou), bg_fallback=bg_fallback)
+
+        self.backbone = registry.build("backbones", backbone, path="model.backbone")
+        for attr in ("out_channels", "stride", "pixel_mean", "pixel_std"):
+            if not hasattr(self.backbone, attr):
+                raise ConfigError(f"model.backbone: {type(self.backbone).__name__} has no '{attr}' attribute, "
+                                  f"which the backbone contract requires")
+        self.head = registry.build("heads", head, path="model.head", in_channels=self.backbone.out_channels,
+                                   num_classes=num_classes, stride=self.backbone.stride)
+        for attr in ("mode", "encode", "decode"):
+            if not hasattr(self.head, attr):
+                raise ConfigError(f"model.head: {type(self.head).__name__} is not a region classifier "
+                                  f"(no '{attr}'); rcnn needs dict(type='region_classifier', ...)")
+        if getattr(self.head, "num_classes", num_classes) != num_classes:
+            raise ConfigError(f"model.head: the head predicts {self.head.num_classes} classes but the data has "
+                              f"{num_classes}; leave num_classes out of the head config (it follows the class list)")
+        self.loss = registry.build("losses", loss, path="model.loss", num_classes=num_classes)
+        if getattr(self.loss, "num_classes", num_classes) != num_classes:
+            raise ConfigError(f"model.loss: the loss expects {self.loss.num_classes} classes but the data has "
+                              f"{num_classes}; leave num_classes out of the loss config")
+        self.postprocessor = registry.build("postprocessors", postprocessor, path="model.postprocessor")
+        self.proposal_generator = registry.build("proposals", proposals, path="model.proposals")
+        if not callable(self.proposal_generator):
+            raise ConfigError(f"model.proposals: {type(self.proposal_generator).__name__} is not callable")
+        # Not persistent: they belong to the backbone's definition, not to the trained weights.
+        self.register_buffer("pixel_mean", torch.tensor(self.backbone.pixel_mean, dtype=torch.float32)
+                             .view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.backbone.pixel_std, dtype=torch.float32)
+                             .view(1, 3, 1, 1), persistent=False)
+        self.min_input_size = int(getattr(self.backbone, "min_input_size", 1))
+        self._size_proposals: dict[tuple, Tensor] = {}  # size-only generators: (H, W, device) -> boxes
+
+    @property
+    def mode(self) -> str:
+        return self.head.mode
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, images: Tensor, targets: Sequence[Mapping] | None = None):
+        self._check_images(images)
+        if targets is not None:
+            self._check_target_list(targets, len(images))
+        if self.training and targets is None:
+            raise ValueError("RCNN in training mode needs targets (call model.eval() to detect)")
+        image_size = (int(images.shape[-2]), int(images.shape[-1]))
+        cap = self.max_proposals_train if self.training else self.max_proposals_test
+        proposals = self.generate_proposals(images, targets, cap)
+        if self.training:
+            return self.forward_train(images, proposals, targets)
+        return self.forward_test(images, proposals, image_size, targets)
+
+    def normalise(self, images: Tensor) -> Tensor:
+        return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+
+    def classify_regions(self, images: Tensor, regions: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Run the backbone and the head: ``(class_logits [R, C + 1], box_deltas [R, C * 4])`` for the
+        regions of all images, in order."""
+        x = self.normalise(images)
+        if self.head.mode == "warp":
+            return self.head(x, regions, backbone=self.backbone)
+        features = self.backbone(x)
+        if isinstance(features, (list, tuple)):  # a backbone built with out_indices: use the last map
+            features = features[-1]
+        return self.head(features, regions)
+
+    def forward_train(self, images: Tensor, proposals: list[Tensor],
+                      targets: Sequence[Mapping]) -> dict[str, Tensor]:
+        regions, labels, regression_targets = [], [], []
+        skipped = 0
+        for boxes, target in zip(proposals, targets):
+            gt_boxes, gt_labels, flagged = self._training_ground_truth(target, images.device)
+            skipped += flagged
+            # Fast R-CNN and torchvision add the ground truth to the proposals: every object then has
+            # at least one perfect foreground, also when the generator missed it.
+            candidates = torch.cat((boxes, gt_boxes))
+            sample = self.sampler(candidates, gt_boxes, gt_labels)
+            chosen = candidates[sample.index]
+            deltas = torch.zeros_like(chosen)
+            if sample.num_fg:
+                fg_gt = gt_boxes[sample.matched_gt[: sample.num_fg]]
+                deltas[: sample.num_fg] = self.head.encode(fg_gt, chosen[: sample.num_fg]).to(deltas)
+            regions.append(chosen)
+            labels.append(sample.labels)
+            regression_targets.append(deltas)
+        class_logits, box_deltas = self.classify_regions(images, regions)
+        losses = self.loss(class_logits, box_deltas, torch.cat(labels), torch.cat(regression_targets))
+        device = images.device
+        losses["stat_proposals"] = torch.tensor(sum(len(p) for p in proposals) / len(proposals), device=device)
+        losses["stat_skipped_flagged"] = torch.tensor(float(skipped), device=device)
+        return losses
+
+    @torch.no_grad()
+    def forward_test(self, images: Tensor, proposals: list[Tensor], image_size: tuple[int, int],
+                     targets: Sequence[Mapping] | None = None) -> list[dict]:
+        class_logits, box_deltas = self.classify_regions(images, proposals)
+        boxes, scores = self.head.decode(class_logits, box_deltas, torch.cat(proposals), image_size)
+        counts = [len(p) for p in proposals]
+        detections = self.postprocessor(list(boxes.split(counts)), list(scores.split(counts)))
+        if targets is not None:
+            for det, target in zip(detections, targets):
+                meta = target.get("meta")
+                if meta:
+                    det["boxes"] = boxes_to_original(det["boxes"], meta)
+        return detections
+
+    # -- proposals -------------------------------------------------------------------------------
+    def generate_proposals(self, images: Tensor, targets: Sequence[Mapping] | None, cap: int) -> list[Tensor]:
+        """Proposals of every image in input pixels: float32 ``[P_i, 4]`` on the images' device,
+        clipped, without boxes below ``min_proposal_size``, at most ``cap``."""
+        n, _, height, width = images.shape
+        generator = self.proposal_generator
+        size_only = getattr(generator, "depends_only_on_size", False) and hasattr(generator, "for_size")
+        if size_only:
+            key = (height, width, images.device)
+            if key not in self._size_proposals:
+                raw = generator.for_size(height, width)
+                # One entry: a run uses one input size at a time, so older sizes are not kept.
+                self._size_proposals = {key: self._clean(raw, height, width, images.device, "")}
+            shared = self._size_proposals[key][:cap]
+            return [shared] * n
+        arrays = images_to_uint8(images)
+        uses_meta = getattr(generator, "uses_meta", False)
+        out = []
+        for i, image in enumerate(arrays):
+            target = targets[i] if targets is not None else {}
+            meta = dict(target.get("meta") or {})
+            if target.get("image_id") is not None:
+                meta.setdefault("image_id", target["image_id"])
+            raw = generator(image, meta=meta) if uses_meta else generator(image)
+            out.append(self._clean(raw, height, width, images.device, _image_name(meta, i))[:cap])
+        return out
+
+    def _clean(self, raw, height: int, width: int, device, name: str) -> Tensor:
+        array = np.asarray(raw, dtype=np.float32)
+        if array.size == 0:
+            return torch.zeros((0, 4), device=device)
+        if array.ndim != 2 or array.shape[1] != 4 or not np.isfinite(array).all():
+            problem = (f"shape {tuple(array.shape)}" if array.ndim != 2 or array.shape[1] != 4
+                       else "NaN or infinite coordinates")
+            raise DataError(f"model.proposals: {type(self.proposal_generator).__name__} returned {problem} "
+                            f"for image {name or '?'}; the contract is float32 [P, 4] xyxy boxes")
+        boxes = torch.tensor(array, device=device)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_proposal_size) & (
+            (boxes[:, 3] - boxes[:, 1]) >= self.min_proposal_size)
+        # Also drops empty boxes when min_proposal_size is 0: no deltas are defined for them.
+        keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return boxes[keep]
+
+    def _training_ground_truth(self, target: Mapping, device) -> tuple[Tensor, Tensor, int]:
+        boxes = target["boxes"].to(device, torch.float32).reshape(-1, 4)
+        labels = target["labels"].to(device, torch.int64).reshape(-1)
+        keep = torch.ones(len(boxes), dtype=torch.bool, device=device)
+        for key, skip in (("difficult", self.skip_difficult), ("iscrowd", self.skip_crowd)):
+            if skip and target.get(key) is not None:
+                keep &= ~torch.as_tensor(target[key], device=device).reshape(-1).bool()
+        # Degenerate boxes cannot be regression targets (log of a zero size).
+        keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return boxes[keep], labels[keep], int((~keep).sum())
+
+    # -- input checks ----------------------------------------------------------------------------
+    def _check_images(self, images) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a float tensor [N, 3, H, W], got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [N, 3, H, W] RGB, got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be float in 0..1, got {images.dtype} (divide uint8 images by 255)")
+        if images.numel() and float(images.detach().amax()) > 1.5:
+            raise ValueError(f"images must be scaled to 0..1, found values up to "
+                             f"{float(images.detach().amax()):.1f} (divide 0..255 images by 255)")
+        h, w = images.shape[-2:]
+        if min(h, w) < self.min_input_size:
+            raise ValueError(f"input {h}x{w} is smaller than the backbone's minimum {self.min_input_size} px")
+
+    def _check_target_list(self, targets, batch_size: int) -> None:
+        if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
+            raise TypeError(f"targets must be a list with one dict per image, got {type(targets).__name__}")
+        if len(targets) != batch_size:
+            raise ValueError(f"{batch_size} images but {len(targets)} targets")
+        for i, t in enumerate(targets):
+            if not isinstance(t, Mapping):
+                raise TypeError(f"targets[{i}] must be a dict, got {type(t).__name__}")
+        if not self.training:
+            return  # detection only reads the metas
+        try:
+            check_targets(targets, self.num_classes)
+        except ValueError as exc:
+            message = str(exc)
+            found = re.match(r"targets\[(\d+)\]", message)
+            if found:
+                name = _image_name(targets[int(found.group(1))].get("meta") or {}, None)
+                if name:
+                    message += f" (image {name})"
+            raise DataError(message) from exc
+
+
+def _image_name(meta: Mapping, index: int | None) -> str:
+    name = meta.get("path") or meta.get("file_name") or (
+        f"id {meta['image_id']}" if meta.get("image_id") is not None else None)
+    if name:
+        return str(name)
+    return f"#{index} of the batch" if index is not None else ""

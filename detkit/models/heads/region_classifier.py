@@ -1,0 +1,234 @@
+"""The region classifier of the R-CNN family: a feature per proposal, then class scores and boxes.
+
+For every proposal the head predicts ``C + 1`` class logits (**index 0 is background**, then the data
+set's classes ``0..C-1`` at ``1..C``, as in Fast R-CNN and torchvision) and class-specific box deltas
+``[C * 4]`` (class ``c`` at ``4c .. 4c+3``; background has no box). Deltas are the
+``(dx, dy, dw, dh)`` of :class:`detkit.ops.boxes.BoxCoder` relative to the proposal, with Fast
+R-CNN's weights ``(10, 10, 5, 5)`` (configurable) and ``dw, dh`` clamped before ``exp`` when decoding.
+
+How a proposal becomes a feature vector (``mode=``):
+
+* ``"roi"`` (Fast R-CNN, Girshick 2015): the backbone runs **once per image**; every proposal is
+  pooled from the last feature map with :func:`torchvision.ops.roi_align`
+  (``spatial_scale = 1 / backbone.stride``, ``sampling_ratio``, ``aligned=True``) to
+  ``pool_size x pool_size``, flattened, then ``num_fc`` fully-connected layers (``hidden_dim``, ReLU).
+* ``"warp"`` (R-CNN, Girshick et al. 2014): every proposal is **cropped from the image and warped**
+  to ``warp_size x warp_size`` (the backbone's input size), ignoring its aspect ratio, after dilating
+  it so that ``context`` pixels of the warped frame are image context around the box (the paper:
+  16 px at 227). The crops go through the backbone in chunks of ``warp_chunk`` (bounding memory),
+  each feature map is averaged to a vector, then the same fully-connected layers.
+
+  The crop-and-resize is :func:`torchvision.ops.roi_align` on the (normalised) image itself with
+  ``spatial_scale=1``, ``aligned=True``: one vectorised bilinear resampling of all proposals of the
+  batch, no Python loop per box. With ``warp_sampling_ratio=1`` each output pixel is one bilinear
+  sample at its centre, which is exactly ``F.interpolate(crop, mode="bilinear",
+  align_corners=False)`` of the box; larger values average ``r x r`` samples per output pixel
+  (antialiasing when shrinking a large box). Where the dilated box leaves the image, roi_align reads
+  zeros, i.e. the mean pixel after normalisation: R-CNN's own padding with the image mean.
+
+The detector calls :meth:`RegionClassifierHead.forward` with the feature maps (``roi``) or the
+normalised images and the backbone (``warp``); :meth:`encode` / :meth:`decode` convert between boxes
+and the deltas this head predicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from detkit.errors import ConfigError
+from detkit.ops.boxes import BoxCoder
+
+__all__ = ["RegionClassifierHead", "dilate_for_context"]
+
+MODES = ("roi", "warp")
+# Fast R-CNN / torchvision's target normalisation of (dx, dy, dw, dh).
+DEFAULT_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
+
+def dilate_for_context(boxes: Tensor, warp_size: int, context: float) -> Tensor:
+    """Grow ``boxes`` about their centres so that, warped to ``warp_size``, the original box fills the
+    central ``warp_size - 2 * context`` pixels (R-CNN's context padding)."""
+    if context <= 0:
+        return boxes
+    factor = warp_size / (warp_size - 2.0 * context)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
+    return torch.cat((centre - half, centre + half), dim=1)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"model.head.{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class RegionClassifierHead(nn.Module):
+    """Per-proposal class logits ``[R, C + 1]`` and class-specific deltas ``[R, C * 4]``.
+
+    Args:
+        in_channels: channels of the backbone's feature map (the detector passes ``out_channels``).
+        num_classes: C, without background (the detector passes it).
+        mode: ``"roi"`` or ``"warp"`` (module docstring).
+        stride: the backbone's total stride (the detector passes it; ``roi`` pools with
+            ``spatial_scale = 1 / stride``).
+        pool_size: roi_align output side (``roi``; 7 in Fast R-CNN).
+        sampling_ratio: roi_align samples per bin side (``roi``; 2 like torchvision, <= 0 adaptive).
+        warp_size: side of the warped crops (``warp``; the backbone's input size, 227 in R-CNN).
+        context: pixels of context around the box in the warped frame (``warp``; 16 in R-CNN).
+        warp_sampling_ratio: samples per output pixel side when warping (``warp``).
+        warp_chunk: crops per backbone call (``warp``; bounds memory).
+        hidden_dim: width of the fully-connected layers (4096 in the papers' VGG16, 1024 in torchvision).
+        num_fc: fully-connected layers before the two outputs (2: fc6, fc7).
+        dropout: dropout after each fully-connected layer (0.5 in the papers' VGG16).
+        box_weights: ``(wx, wy, ww, wh)`` of the box coder.
+        box_clamp: largest ``dw``/``dh`` fed to ``exp`` when decoding (default log(1000/16)).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        mode: str = "roi",
+        stride: int | None = None,
+        pool_size: int = 7,
+        sampling_ratio: int = 2,
+        warp_size: int = 224,
+        context: float = 16.0,
+        warp_sampling_ratio: int = 2,
+        warp_chunk: int = 256,
+        hidden_dim: int = 1024,
+        num_fc: int = 2,
+        dropout: float = 0.0,
+        box_weights: Sequence[float] = DEFAULT_BOX_WEIGHTS,
+        box_clamp: float = math.log(1000.0 / 16),
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ConfigError(f"model.head.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
+                            ("pool_size", pool_size), ("warp_size", warp_size), ("warp_chunk", warp_chunk),
+                            ("hidden_dim", hidden_dim)):
+            _positive_int(name, value)
+        if isinstance(num_fc, bool) or not isinstance(num_fc, int) or num_fc < 0:
+            raise ConfigError(f"model.head.num_fc must be a non-negative integer, got {num_fc!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ConfigError(f"model.head.dropout must lie in [0, 1), got {dropout!r}")
+        if mode == "roi":
+            if stride is None:
+                raise ConfigError("model.head: roi mode needs the backbone's stride (the rcnn detector passes it)")
+            _positive_int("stride", stride)
+        if mode == "warp" and not 0.0 <= float(context) < warp_size / 2:
+            raise ConfigError(
+                f"model.head.context must lie in [0, warp_size / 2) = [0, {warp_size / 2:g}), got {context!r}"
+            )
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.mode = mode
+        self.stride = stride
+        self.pool_size = pool_size
+        self.sampling_ratio = int(sampling_ratio)
+        self.warp_size = warp_size
+        self.context = float(context)
+        self.warp_sampling_ratio = int(warp_sampling_ratio)
+        self.warp_chunk = warp_chunk
+        self.box_coder = BoxCoder(weights=tuple(float(w) for w in box_weights), clamp=float(box_clamp))
+
+        features = in_channels * pool_size * pool_size if mode == "roi" else in_channels
+        layers: list[nn.Module] = []
+        for _ in range(num_fc):
+            layers += [nn.Linear(features, hidden_dim), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            features = hidden_dim
+        self.fc = nn.Sequential(*layers)
+        self.cls_score = nn.Linear(features, num_classes + 1)
+        self.bbox_pred = nn.Linear(features, num_classes * 4)
+        # Fast R-CNN's initialisation of the two outputs: small, so training starts from uniform
+        # class scores and near-zero deltas (the proposals themselves).
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def extra_repr(self) -> str:
+        if self.mode == "roi":
+            where = f"pool_size={self.pool_size}, stride={self.stride}, sampling_ratio={self.sampling_ratio}"
+        else:
+            where = f"warp_size={self.warp_size}, context={self.context:g}, warp_chunk={self.warp_chunk}"
+        return f"mode={self.mode!r}, {where}, num_classes={self.num_classes}"
+
+    # -- region features -------------------------------------------------------------------------
+    def region_features(self, x: Tensor, proposals: Sequence[Tensor],
+                        backbone: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """One feature vector per proposal, ``[R, D]`` (all images' proposals, in order).
+
+        ``roi``: ``x`` is the backbone's feature map ``[N, C, h, w]``. ``warp``: ``x`` is the batch
+        of normalised images ``[N, 3, H, W]`` and ``backbone`` the network run on the crops.
+        """
+        if len(proposals) != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} images but proposals for {len(proposals)}")
+        boxes = [p.to(x.dtype) for p in proposals]
+        if self.mode == "roi":
+            pooled = roi_align(x, boxes, output_size=self.pool_size, spatial_scale=1.0 / self.stride,
+                               sampling_ratio=self.sampling_ratio, aligned=True)
+            return pooled.flatten(1)
+        if backbone is None:
+            raise ValueError("warp mode needs the backbone to run on the warped crops")
+        return self._warped_features(x, boxes, backbone)
+
+    def warp(self, images: Tensor, rois: Tensor) -> Tensor:
+        """Crops of ``rois`` (``[K, 5]``: image index, x1, y1, x2, y2), context-dilated and warped to
+        ``[K, 3, warp_size, warp_size]``."""
+        dilated = dilate_for_context(rois[:, 1:], self.warp_size, self.context)
+        return roi_align(images, torch.cat((rois[:, :1], dilated), dim=1), output_size=self.warp_size,
+                         spatial_scale=1.0, sampling_ratio=self.warp_sampling_ratio, aligned=True)
+
+    def _warped_features(self, images: Tensor, boxes: list[Tensor], backbone) -> Tensor:
+        image_index = torch.cat([torch.full((len(b), 1), i, dtype=images.dtype, device=images.device)
+                                 for i, b in enumerate(boxes)])
+        rois = torch.cat((image_index, torch.cat(boxes)), dim=1)
+        pieces = []
+        for start in range(0, rois.shape[0], self.warp_chunk):
+            crops = self.warp(images, rois[start:start + self.warp_chunk])
+            features = backbone(crops)
+            if isinstance(features, (list, tuple)):  # built with out_indices: use the last map
+                features = features[-1]
+            pieces.append(features.mean(dim=(2, 3)))
+        if not pieces:
+            return images.new_zeros((0, self.in_channels))
+        return torch.cat(pieces)
+
+    # -- prediction ------------------------------------------------------------------------------
+    def predict(self, region_features: Tensor) -> tuple[Tensor, Tensor]:
+        """``[R, D]`` features -> ``(class_logits [R, C + 1], box_deltas [R, C * 4])``."""
+        hidden = self.fc(region_features)
+        return self.cls_score(hidden), self.bbox_pred(hidden)
+
+    def forward(self, x: Tensor, proposals: Sequence[Tensor],
+                backbone: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        return self.predict(self.region_features(x, proposals, backbone))
+
+    # -- boxes <-> deltas ------------------------------------------------------------------------
+    def encode(self, gt_boxes: Tensor, proposals: Tensor) -> Tensor:
+        """Regression targets ``[R, 4]`` that take ``proposals`` ``[R, 4]`` to ``gt_boxes`` ``[R, 4]``."""
+        return self.box_coder.encode(gt_boxes.float(), proposals.float())
+
+    def decode(self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor,
+               image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Class-specific boxes ``[R, C, 4]`` (clipped to the ``(H, W)`` image) and class
+        probabilities ``[R, C]`` (softmax over ``C + 1``, background column dropped)."""
+        r = proposals.shape[0]
+        scores = torch.softmax(class_logits.float(), dim=-1)[:, 1:]
+        deltas = box_deltas.float().reshape(r, self.num_classes, 4)
+        reference = proposals.float()[:, None, :].expand(r, self.num_classes, 4)
+        boxes = self.box_coder.decode(deltas.reshape(-1, 4), reference.reshape(-1, 4))
+        boxes = boxes.reshape(r, self.num_classes, 4)
+        height, width = image_size
+        boxes = torch.stack((boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height),
+                             boxes[..., 2].clamp(0, width), boxes[..., 3].clamp(0, height)), dim=-1)
+        return boxes, scores
