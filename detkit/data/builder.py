@@ -1,0 +1,29 @@
+"""Build datasets from the ``data`` section of a config.
+
+Layout::
+
+    data = dict(
+        classes=None,          # stated once here; None = the dataset's own (VOC's 20, COCO's file)
+        train=dict(type='voc', root=..., split='train', transforms=dict(...)),
+        val=dict(type='voc', root=..., split='val', transforms=dict(...)),
+    )
+"""
+
+from __future__ import annotations
+
+from detkit import registry
+from detkit.errors import ConfigError
+
+
+def build_dataset(cfg: dict, split: str):
+    """Build the dataset of ``cfg['data'][split]`` with the shared class list injected."""
+    data = cfg.get("data")
+    if not isinstance(data, dict):
+        raise ConfigError("config has no 'data' section")
+    if split not in data or not isinstance(data[split], dict):
+        splits = [k for k, v in data.items() if isinstance(v, dict) and "type" in v]
+        raise ConfigError(f"data.{split}: no such split in the config; it defines: {', '.join(splits) or 'none'}")
+    defaults = {}
+    if data.get("classes"):
+        defaults["classes"] = tuple(data["classes"])
+    return registry.build("datasets", data[split], path=f"data.{split}", **defaults)
