@@ -1,0 +1,122 @@
+"""Training curves drawn from ``metrics.jsonl``: ``loss.png``, ``map.png``, ``lr.png``.
+
+Uses matplotlib's object API with the Agg canvas directly (no ``pyplot``: no global figure state,
+no GUI backend, safe in worker threads and on headless machines). Each PNG is written to a
+temporary file and renamed, so an image viewer never sees half a file.
+
+Usable on its own after (or during) a run::
+
+    python -c "from detkit.engine.plots import plot_metrics; plot_metrics('work_dirs/x/metrics.jsonl', 'plots')"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+__all__ = ["read_metrics", "plot_metrics"]
+
+EVAL_KEYS = ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl file (lines that do not parse, e.g. cut by a crash, are skipped)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _iters_per_epoch(train_records: list[dict], epoch_records: list[dict]) -> float:
+    for rec in epoch_records:
+        if rec.get("epoch") and rec.get("iter"):
+            return rec["iter"] / rec["epoch"]
+    if train_records:
+        last = train_records[-1]
+        return max(1.0, last["iter"] / max(1, last.get("epoch", 1)))
+    return 1.0
+
+
+def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Draw the three plots into ``out_dir``; returns the files written (a plot without data is
+    skipped, e.g. map.png before the first evaluation)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = read_metrics(metrics_file)
+    train = [r for r in records if r.get("type") == "train" and _number(r.get("iter"))]
+    epochs = [r for r in records if r.get("type") == "epoch" and _number(r.get("epoch"))]
+    ipe = _iters_per_epoch(train, epochs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig: Figure, name: str) -> None:
+        FigureCanvasAgg(fig)
+        path = out_dir / name
+        tmp = out_dir / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+        written.append(path)
+
+    # Loss terms: per logging window (thin) and per-epoch means (markers), x in epochs.
+    loss_keys = sorted({k for r in train + epochs for k in r if k.startswith("loss") and _number(r[k])},
+                       key=lambda k: (k != "loss", k))
+    if loss_keys:
+        fig = Figure(figsize=(8, 5))
+        ax = fig.add_subplot()
+        for i, key in enumerate(loss_keys):
+            colour = f"C{i % 10}"
+            pts = [(r["iter"] / ipe, r[key]) for r in train if _number(r.get(key))]
+            if pts:
+                ax.plot(*zip(*pts), color=colour, alpha=0.35, linewidth=1)
+            pts = [(r["epoch"], r[key]) for r in epochs if _number(r.get(key))]
+            if pts:
+                ax.plot(*zip(*pts), color=colour, marker="o", linewidth=2, label=key)
+            elif train:
+                ax.plot([], [], color=colour, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title("training loss (thin: logging windows, dots: epoch means)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        save(fig, "loss.png")
+
+    evaluated = [r for r in epochs if any(_number(r.get(k)) for k in EVAL_KEYS)]
+    if evaluated:
+        fig = Figure(figsize=(8, 5))
+        ax = fig.add_subplot()
+        for key in EVAL_KEYS:
+            pts = [(r["epoch"], r[key]) for r in evaluated if _number(r.get(key))]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("AP")
+        ax.set_title("validation mAP")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        save(fig, "map.png")
+
+    # A record's lr is the one used by its last iteration, index iter - 1.
+    lr_pts = [((r["iter"] - 1) / ipe, r["lr"]) for r in train if _number(r.get("lr"))]
+    if lr_pts:
+        fig = Figure(figsize=(8, 4))
+        ax = fig.add_subplot()
+        ax.plot(*zip(*lr_pts), marker="." if len(lr_pts) < 50 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate")
+        ax.set_title("learning rate (group 0)")
+        ax.grid(True, alpha=0.3)
+        save(fig, "lr.png")
+    return written
