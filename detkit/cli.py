@@ -180,10 +180,13 @@ def infer(config_file, checkpoint, source, conf, iou, max_det, classes, device, 
     from detkit.inference.run import infer as run_infer
 
     cfg = _load(config_file, overrides)
-    run_infer(cfg, checkpoint, source, conf=conf, iou=iou, max_det=max_det, classes=classes,
-              device=device, batch_size=batch_size, out_dir=out_dir, exist_ok=exist_ok,
-              save_vis=save_vis, save_json=save_json, save_txt=save_txt, show=show,
-              unsafe_load=unsafe_load)
+    result = run_infer(cfg, checkpoint, source, conf=conf, iou=iou, max_det=max_det, classes=classes,
+                       device=device, batch_size=batch_size, out_dir=out_dir, exist_ok=exist_ok,
+                       save_vis=save_vis, save_json=save_json, save_txt=save_txt, show=show,
+                       unsafe_load=unsafe_load)
+    click.echo(result.summary())
+    if result.error:  # outputs written so far are complete files; the exit status says it stopped early
+        sys.exit(1)
 
 
 @main.command("check-data")

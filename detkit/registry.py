@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from detkit.errors import (
     ConfigError,
+    DetkitError,
     DuplicateComponentError,
     PluginLoadError,
     RegistryError,
@@ -420,7 +421,11 @@ class Spec:
                 )
         try:
             return self.factory(**kwargs)
-        except ConfigError:
+        except ConfigError as exc:
+            if str(exc).startswith(self.path):
+                raise
+            raise ConfigError(f"{self.path}: {exc}") from exc  # say where in the config it happened
+        except DetkitError:  # already says what is wrong (e.g. a bad data file, naming the file)
             raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(

@@ -1,0 +1,146 @@
+"""``detkit.Predictor``: a trained detector for notebooks and services.
+
+    from detkit import Predictor
+    predictor = Predictor("configs/yolov1_shapes.py", "work_dirs/yolov1_shapes/best_voc07_ap50.pth")
+    detections = predictor.predict(["a.jpg", rgb_array])   # list[dict(boxes, scores, labels)]
+
+Boxes are ``xyxy`` in pixels of the original images. Images may be paths or ``uint8`` RGB arrays
+(HxWx3); a single image gives a one-element list.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detkit.errors import ConfigError
+
+__all__ = ["Predictor", "select_device"]
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` picks CUDA when available, else the CPU; a CUDA request without CUDA is an error."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def _postprocessor_overrides(cfg: dict, conf, iou, max_det) -> dict:
+    """Put --conf / --iou / --max-det into the model config, so they reach the postprocessor by name."""
+    cfg = copy.deepcopy(cfg)
+    post = cfg.get("model", {}).get("postprocessor")
+    if not isinstance(post, dict):
+        if any(v is not None for v in (conf, iou, max_det)):
+            raise ConfigError("model.postprocessor: the config has none, so --conf/--iou/--max-det cannot apply")
+        return cfg
+    for key, value in (("score_threshold", conf), ("iou_threshold", iou), ("max_per_image", max_det)):
+        if value is not None:
+            post[key] = value
+    return cfg
+
+
+class Predictor:
+    """Load a config and a checkpoint once; predict on batches of images.
+
+    ``config`` is a config path or an already-loaded config dict; ``checkpoint`` a path (loaded with
+    ``weights_only=True``; ``unsafe_load=True`` allows pickled checkpoints you trust). ``conf``, ``iou``
+    and ``max_det`` override the postprocessor's score threshold, NMS IoU and detections per image.
+    The class names come from the checkpoint, falling back to the config's ``data.classes``.
+    """
+
+    def __init__(self, config, checkpoint, device=None, *, conf: float | None = None,
+                 iou: float | None = None, max_det: int | None = None, unsafe_load: bool = False,
+                 overrides: Sequence[str] = ()):
+        from detkit.config import load_config
+        from detkit.data.transforms import build_transforms
+        from detkit.engine.checkpoint import load_checkpoint
+        from detkit.models.builder import build_detector
+
+        cfg = config if isinstance(config, Mapping) else load_config(config, overrides)
+        cfg = _postprocessor_overrides(dict(cfg), conf, iou, max_det)
+        self.cfg = cfg
+        self.device = select_device(device)
+        ckpt = load_checkpoint(checkpoint, map_location="cpu", unsafe=unsafe_load)
+        class_names = ckpt.get("class_names") or (cfg.get("data", {}).get("classes") or None)
+        if not class_names:
+            raise ConfigError(
+                f"{checkpoint}: the checkpoint stores no class names and the config sets no data.classes; "
+                "add data.classes to the config"
+            )
+        self.class_names = tuple(class_names)
+        self.model = build_detector(cfg["model"], self.class_names)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise ConfigError(f"{checkpoint}: weights do not fit the model of this config: {exc}") from exc
+        self.model.to(self.device).eval()
+        self.transforms = build_transforms(self._test_transforms(cfg))
+
+    @staticmethod
+    def _test_transforms(cfg: Mapping) -> dict:
+        """The evaluation pipeline (val split's resize/letterbox), without any augmentation."""
+        data = cfg.get("data", {})
+        for split in ("test", "val", "train"):
+            spec = data.get(split)
+            if isinstance(spec, Mapping) and isinstance(spec.get("transforms"), Mapping):
+                tf = dict(spec["transforms"])
+                tf.pop("preset", None)
+                tf.pop("augment", None)
+                return tf
+        raise ConfigError("data: no split defines transforms, so the model's input size is unknown")
+
+    def preprocess(self, images: Sequence[np.ndarray]):
+        """Resize/letterbox RGB uint8 images into one batch; returns ``(batch, metas)``."""
+        from detkit.data.base import to_tensors
+        from detkit.structures import identity_meta
+
+        tensors, metas = [], []
+        for image in images:
+            h, w = image.shape[:2]
+            sample = {
+                "image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+                "difficult": np.zeros(0, bool), "iscrowd": np.zeros(0, bool), "image_id": 0,
+                "meta": identity_meta(h, w),
+            }
+            tensor, target = to_tensors(self.transforms(sample))
+            tensors.append(tensor)
+            metas.append({"meta": target["meta"]})
+        sizes = {tuple(t.shape) for t in tensors}
+        if len(sizes) > 1:  # only when the pipeline does not fix the size; pad bottom/right
+            hmax = max(t.shape[1] for t in tensors)
+            wmax = max(t.shape[2] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, wmax - t.shape[2], 0, hmax - t.shape[1])) for t in tensors]
+        batch = torch.stack(tensors)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch, metas
+
+    @torch.inference_mode()
+    def predict(self, images) -> list[dict]:
+        """Detections (on the CPU) for one image or a list; images are paths or RGB uint8 arrays."""
+        from detkit.data.io import read_image
+
+        single = isinstance(images, (str, Path, np.ndarray))
+        items = [images] if single else list(images)
+        arrays = [read_image(x) if isinstance(x, (str, Path)) else _check_array(x) for x in items]
+        if not arrays:
+            return []
+        batch, metas = self.preprocess(arrays)
+        detections = self.model(batch, metas)
+        return [{k: v.detach().cpu() for k, v in d.items()} for d in detections]
+
+    __call__ = predict
+
+
+def _check_array(image) -> np.ndarray:
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError("images must be paths or uint8 RGB arrays of shape HxWx3 "
+                         f"(got {type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')})")
+    return image
