@@ -31,6 +31,11 @@ $(STAMP): $(PY) setup.cfg pyproject.toml $(PLUGIN_SRC)
 		echo "installing plugin $$p"; \
 		$(PIP) install "./$$p" || exit 1; \
 	done
+	@# opencv-python-headless and the selective-search plugin's opencv-contrib-python-headless share
+	@# one cv2/ folder; if the plain wheel was (re)installed last, put the contrib files back on top.
+	@$(PY) -c "import cv2; cv2.ximgproc.segmentation" 2>/dev/null || \
+	  $(PIP) install --force-reinstall --no-deps \
+	    "opencv-contrib-python-headless==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))')"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 
 import click
@@ -45,11 +46,42 @@ set_option = click.option(
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a config value by dotted path (repeatable); +KEY=VALUE adds a new key.",
+    help="Override config values by dotted path: --set a.b=1 c=2 (or repeat --set); +KEY=VALUE adds a key.",
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w.\-]*=")
+
+
+def expand_set_options(args: list[str]) -> list[str]:
+    """``--set a=1 b=2`` → ``--set a=1 --set b=2`` (the mmdetection ``--cfg-options`` habit).
+
+    After ``--set``, every following word of the form ``key=value`` is another override; the first
+    word that is not (an option, a config path, a source) ends the list.
+    """
+    out, i = [], 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] == "--set":
+            if i + 1 < len(args):
+                out.append(args[i + 1])
+                i += 2
+            else:
+                i += 1
+            while i < len(args) and _OVERRIDE.match(args[i]):
+                out += ["--set", args[i]]
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+class _DetkitGroup(click.Group):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, expand_set_options(list(args)))
+
+
+@click.group(cls=_DetkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="detkit")
 def main():
     """detkit: plugin-based object detection on PyTorch."""

@@ -41,7 +41,7 @@ def config_name(path: str | Path) -> str:
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Load a config file (or a resolved ``.json`` dump), merge its bases, apply overrides."""
     path = Path(path)
-    cfg = _load_file(path, stack=())
+    cfg = _strip_delete_markers(_load_file(path, stack=()))
     cfg = apply_overrides(cfg, overrides)
     return resolve_references(cfg)
 
@@ -81,6 +81,14 @@ def _load_file(path: Path, stack: tuple) -> dict:
     return merge(merged, own)
 
 
+def _strip_delete_markers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_delete_markers(v) for k, v in value.items() if k != "_delete_"}
+    if isinstance(value, list):
+        return [_strip_delete_markers(v) for v in value]
+    return value
+
+
 def _check_section_names(cfg: Mapping, path: Path) -> None:
     """A top-level name one letter away from a section (``trian``) is a typo, not a helper variable."""
     for key in cfg:
@@ -108,11 +116,21 @@ def _plain(value: Any, where: str):
 
 
 def merge(base: Any, child: Any) -> Any:
-    """Deep-merge ``child`` onto ``base``; ``dict(_delete_=True, ...)`` in child replaces instead."""
+    """Deep-merge ``child`` onto ``base``; ``dict(_delete_=True, ...)`` in child replaces instead.
+
+    A ``_delete_`` marker that meets nothing to replace yet is kept, so a ``_base_`` fragment loaded on
+    its own still replaces the recipe's dict when it is merged later; :func:`load_config` strips the
+    markers that are left at the end.
+    """
     if isinstance(child, Mapping):
         child = dict(child)
         replace = child.pop("_delete_", False)
-        if replace or not isinstance(base, Mapping):
+        if not isinstance(base, Mapping):
+            out = {k: merge(None, v) for k, v in child.items()}
+            if replace:
+                out["_delete_"] = True
+            return out
+        if replace:
             return {k: merge(None, v) for k, v in child.items()}
         out = {k: copy.deepcopy(v) for k, v in base.items()}
         for key, value in child.items():

@@ -66,3 +66,13 @@ def test_console_script_runs_out_of_process():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "voc" in proc.stdout and "coco" in proc.stdout
+
+
+def test_set_takes_several_overrides_like_cfg_options(tmp_path):
+    cfg = tmp_path / "exp.py"
+    cfg.write_text("train = dict(epochs=3, lr=0.1)\nmodel = dict(depth=1)\n")
+    result = run("config", "show", "--set", "train.epochs=5", "train.lr=0.5", "+model.width=2", str(cfg))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"train": {"epochs": 5, "lr": 0.5}, "model": {"depth": 1, "width": 2}}
+    result = run("config", "show", str(cfg), "--set", "train.epochs=7", "--set", "model.depth=2")
+    assert json.loads(result.output) == {"train": {"epochs": 7, "lr": 0.1}, "model": {"depth": 2}}

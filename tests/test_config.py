@@ -146,3 +146,15 @@ def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / name)
     assert {"model", "data", "train"} <= set(cfg)
     assert isinstance(cfg["data"]["train"], dict) and "type" in cfg["data"]["train"]
+
+
+def test_delete_inside_a_base_fragment_replaces_the_earlier_base(cfg_tree):
+    # A plugin ships a fragment that swaps the backbone; it is loaded on its own before being merged.
+    write(cfg_tree / "_base_/other_backbone.py", "model = dict(backbone=dict(_delete_=True, type='lite'))\n")
+    path = write(cfg_tree / "exp.py", "_base_ = ['_base_/model.py', '_base_/other_backbone.py']\n")
+    cfg = load_config(path)
+    assert cfg["model"]["backbone"] == {"type": "lite"}
+    assert cfg["model"]["head"] == {"type": "yolov1", "grid_size": 7}
+    # A marker with nothing to replace is simply dropped from the result.
+    alone = load_config(cfg_tree / "_base_/other_backbone.py")
+    assert alone == {"model": {"backbone": {"type": "lite"}}}

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import time
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -326,7 +327,10 @@ def make_shapes(out: str | os.PathLike, num: int = 500, seed: int = 0, size: int
         results = _write_images(str(out), seed, size, indices)
     else:
         chunks = [indices[i::workers * 4] for i in range(workers * 4)]
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+        # "spawn", not the default fork: forking a process that already runs threads (torch, OpenCV,
+        # pytest plugins) can deadlock the child on a lock held by a thread that does not exist there.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=context) as pool:
             parts = pool.map(_write_images, [str(out)] * len(chunks), [seed] * len(chunks), [size] * len(chunks),
                              chunks)
             results = sorted(r for part in parts for r in part)
