@@ -1,4 +1,4 @@
-# SGD with momentum, linear warm-up then cosine decay. Keys are documented in docs/config.md.
+# SGD with momentum, linear warm-up then cosine decay. Keys are documented in docs/training.md.
 train = dict(
     epochs=24,
     batch_size=16,

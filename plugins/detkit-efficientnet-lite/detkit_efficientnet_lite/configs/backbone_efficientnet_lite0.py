@@ -3,9 +3,7 @@
 #     from detkit_efficientnet_lite import config_path
 #     _base_ = ["yolov1_raccoon.py", config_path("backbone_efficientnet_lite0.py")]
 # It sets the keys detkit's backbones share (type, pretrained, frozen_stages, norm_eval), so it replaces a
-# recipe backbone that uses only those. _delete_ asks to drop any other key of the previous backbone
-# (out_indices=..., width=...); detkit's config loader honours it in a _base_ fragment only once the
-# marker survives loading the fragment on its own (see docs/plugins.md, "Shipping configs").
+# recipe backbone; _delete_ drops any other key the previous backbone had (out_indices=..., etc.).
 model = dict(
     backbone=dict(
         _delete_=True,
