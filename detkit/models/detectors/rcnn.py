@@ -155,7 +155,8 @@ class RCNN(nn.Module):
                                   f"(no '{attr}'); rcnn needs dict(type='region_classifier', ...)")
         if getattr(self.head, "num_classes", num_classes) != num_classes:
             raise ConfigError(f"model.head: the head predicts {self.head.num_classes} classes but the data has "
-                              f"{num_classes}; leave num_classes out of the head config (it follows the class list)")
+                              f"{num_classes}; leave num_classes out of the head config (it follows the class "
+                              f"list)")
         self.loss = registry.build("losses", loss, path="model.loss", num_classes=num_classes)
         if getattr(self.loss, "num_classes", num_classes) != num_classes:
             raise ConfigError(f"model.loss: the loss expects {self.loss.num_classes} classes but the data has "

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detkit.errors import ConfigError
-from detkit.ops.boxes import BoxCoder
+from detkit.ops.boxes import BoxCoder, clip_boxes
 
 __all__ = ["RegionClassifierHead", "dilate_for_context"]
 
@@ -216,7 +216,7 @@ class RegionClassifierHead(nn.Module):
     # -- boxes <-> deltas ------------------------------------------------------------------------
     def encode(self, gt_boxes: Tensor, proposals: Tensor) -> Tensor:
         """Regression targets ``[R, 4]`` that take ``proposals`` ``[R, 4]`` to ``gt_boxes`` ``[R, 4]``."""
-        return self.box_coder.encode(gt_boxes.float(), proposals.float())
+        return self.box_coder.encode(proposals.float(), gt_boxes.float())
 
     def decode(self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor,
                image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -225,10 +225,5 @@ class RegionClassifierHead(nn.Module):
         r = proposals.shape[0]
         scores = torch.softmax(class_logits.float(), dim=-1)[:, 1:]
         deltas = box_deltas.float().reshape(r, self.num_classes, 4)
-        reference = proposals.float()[:, None, :].expand(r, self.num_classes, 4)
-        boxes = self.box_coder.decode(deltas.reshape(-1, 4), reference.reshape(-1, 4))
-        boxes = boxes.reshape(r, self.num_classes, 4)
-        height, width = image_size
-        boxes = torch.stack((boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height),
-                             boxes[..., 2].clamp(0, width), boxes[..., 3].clamp(0, height)), dim=-1)
-        return boxes, scores
+        boxes = self.box_coder.decode(deltas, proposals.float())  # [R, C, 4]
+        return clip_boxes(boxes, image_size), scores

@@ -19,8 +19,8 @@ For ``R`` sampled regions with labels ``u`` (0 = background, ``1..C`` = class + 
 * ``beta = 1`` is the paper's smooth-L1 (torchvision uses 1/9 with its weights; both are options).
 
 The returned dict holds ``loss_cls`` and ``loss_box`` (summed by the trainer) and detached
-statistics that are logged, not summed: ``stat_num_regions`` and ``stat_fg_fraction`` (per image,
-averaged over the batch by the caller's sum), ``stat_accuracy`` (class accuracy over all sampled
+statistics that are logged, not summed: ``stat_num_regions`` (sampled regions in the batch),
+``stat_fg_fraction`` (their foreground share), ``stat_accuracy`` (class accuracy over all sampled
 regions) and ``stat_fg_accuracy`` (over foregrounds; 0 when there are none).
 """
 
@@ -69,7 +69,8 @@ class RegionLoss(nn.Module):
                 f"regions and {c} classes, got {tuple(class_logits.shape)} and {tuple(box_deltas.shape)}"
             )
         if regression_targets.shape != (r, 4):
-            raise ValueError(f"RegionLoss: regression_targets must be [{r}, 4], got {tuple(regression_targets.shape)}")
+            raise ValueError(
+                f"RegionLoss: regression_targets must be [{r}, 4], got {tuple(regression_targets.shape)}")
         # Losses in float32 even under autocast (log-softmax and small deltas lose precision in fp16).
         class_logits, box_deltas = class_logits.float(), box_deltas.float()
         labels = labels.to(class_logits.device, torch.int64)
