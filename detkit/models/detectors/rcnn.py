@@ -52,18 +52,17 @@ for resize / letterbox only, so it refuses augmented training images. Practical 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from detkit import registry
 from detkit.errors import ConfigError, DataError
+from detkit.models.detectors.base import DetectorBase, image_name
 from detkit.models.sampler import RegionSampler
 from detkit.registry import Spec
-from detkit.structures import boxes_to_original, check_targets
 
 __all__ = ["RCNN", "images_to_uint8"]
 
@@ -74,7 +73,7 @@ def images_to_uint8(images: Tensor) -> list[np.ndarray]:
     return list(as_bytes.permute(0, 2, 3, 1).contiguous().cpu().numpy())
 
 
-class RCNN(nn.Module):
+class RCNN(DetectorBase):
     """The R-CNN-family detector (see the module docstring).
 
     Args:
@@ -179,11 +178,7 @@ class RCNN(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, images: Tensor, targets: Sequence[Mapping] | None = None):
-        self._check_images(images)
-        if targets is not None:
-            self._check_target_list(targets, len(images))
-        if self.training and targets is None:
-            raise ValueError("RCNN in training mode needs targets (call model.eval() to detect)")
+        self.check_inputs(images, targets)
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
         cap = self.max_proposals_train if self.training else self.max_proposals_test
         proposals = self.generate_proposals(images, targets, cap)
@@ -238,12 +233,7 @@ class RCNN(nn.Module):
         boxes, scores = self.head.decode(class_logits, box_deltas, torch.cat(proposals), image_size)
         counts = [len(p) for p in proposals]
         detections = self.postprocessor(list(boxes.split(counts)), list(scores.split(counts)))
-        if targets is not None:
-            for det, target in zip(detections, targets):
-                meta = target.get("meta")
-                if meta:
-                    det["boxes"] = boxes_to_original(det["boxes"], meta)
-        return detections
+        return self.map_to_original(detections, targets)
 
     # -- proposals -------------------------------------------------------------------------------
     def generate_proposals(self, images: Tensor, targets: Sequence[Mapping] | None, cap: int) -> list[Tensor]:
@@ -269,7 +259,7 @@ class RCNN(nn.Module):
             if target.get("image_id") is not None:
                 meta.setdefault("image_id", target["image_id"])
             raw = generator(image, meta=meta) if uses_meta else generator(image)
-            out.append(self._clean(raw, height, width, images.device, _image_name(meta, i))[:cap])
+            out.append(self._clean(raw, height, width, images.device, image_name(meta, i))[:cap])
         return out
 
     def _clean(self, raw, height: int, width: int, device, name: str) -> Tensor:
@@ -301,46 +291,3 @@ class RCNN(nn.Module):
         keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return boxes[keep], labels[keep], int((~keep).sum())
 
-    # -- input checks ----------------------------------------------------------------------------
-    def _check_images(self, images) -> None:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a float tensor [N, 3, H, W], got {type(images).__name__}")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [N, 3, H, W] RGB, got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be float in 0..1, got {images.dtype} (divide uint8 images by 255)")
-        if images.numel() and float(images.detach().amax()) > 1.5:
-            raise ValueError(f"images must be scaled to 0..1, found values up to "
-                             f"{float(images.detach().amax()):.1f} (divide 0..255 images by 255)")
-        h, w = images.shape[-2:]
-        if min(h, w) < self.min_input_size:
-            raise ValueError(f"input {h}x{w} is smaller than the backbone's minimum {self.min_input_size} px")
-
-    def _check_target_list(self, targets, batch_size: int) -> None:
-        if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
-            raise TypeError(f"targets must be a list with one dict per image, got {type(targets).__name__}")
-        if len(targets) != batch_size:
-            raise ValueError(f"{batch_size} images but {len(targets)} targets")
-        for i, t in enumerate(targets):
-            if not isinstance(t, Mapping):
-                raise TypeError(f"targets[{i}] must be a dict, got {type(t).__name__}")
-        if not self.training:
-            return  # detection only reads the metas
-        try:
-            check_targets(targets, self.num_classes)
-        except ValueError as exc:
-            message = str(exc)
-            found = re.match(r"targets\[(\d+)\]", message)
-            if found:
-                name = _image_name(targets[int(found.group(1))].get("meta") or {}, None)
-                if name:
-                    message += f" (image {name})"
-            raise DataError(message) from exc
-
-
-def _image_name(meta: Mapping, index: int | None) -> str:
-    name = meta.get("path") or meta.get("file_name") or (
-        f"id {meta['image_id']}" if meta.get("image_id") is not None else None)
-    if name:
-        return str(name)
-    return f"#{index} of the batch" if index is not None else ""

@@ -21,21 +21,19 @@ the backbone's ``pixel_mean`` / ``pixel_std``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
 
 from detkit import registry
-from detkit.errors import ConfigError, DataError
+from detkit.errors import ConfigError
+from detkit.models.detectors.base import DetectorBase
 from detkit.registry import Spec
-from detkit.structures import boxes_to_original, check_targets
 
 __all__ = ["YOLOv1"]
 
 
-class YOLOv1(nn.Module):
+class YOLOv1(DetectorBase):
     """The YOLOv1 detector.
 
     Args:
@@ -116,12 +114,7 @@ class YOLOv1(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, targets: Sequence[Mapping] | None = None):
-        self._check_images(images)
-        if targets is not None:
-            self._check_target_list(targets, len(images))
-        if self.training:
-            if targets is None:
-                raise ValueError("YOLOv1 in training mode needs targets (call model.eval() to detect)")
+        self.check_inputs(images, targets)
         predictions = self.predict_grid(images)
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
         if self.training:
@@ -141,54 +134,4 @@ class YOLOv1(nn.Module):
                     targets: Sequence[Mapping] | None = None) -> list[dict]:
         """Decode the grid, run the postprocessor, map boxes back to original pixels when metas are given."""
         boxes, scores = self.head.decode(predictions, image_size)
-        detections = self.postprocessor(boxes, scores)
-        if targets is not None:
-            for det, target in zip(detections, targets):
-                meta = target.get("meta")
-                if meta:
-                    det["boxes"] = boxes_to_original(det["boxes"], meta)
-        return detections
-
-    # -- input checks ----------------------------------------------------------------------------
-    def _check_images(self, images) -> None:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a float tensor [N, 3, H, W], got {type(images).__name__}")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [N, 3, H, W] RGB, got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(
-                f"images must be float in 0..1, got {images.dtype} (divide uint8 images by 255)"
-            )
-        # 0..255 input is the classic mistake; it would train, just badly, so stop it here.
-        if images.numel() and float(images.detach().amax()) > 1.5:
-            raise ValueError(
-                f"images must be scaled to 0..1, found values up to {float(images.detach().amax()):.1f} "
-                f"(divide 0..255 images by 255)"
-            )
-        h, w = images.shape[-2:]
-        if min(h, w) < self.min_input_size:
-            raise ValueError(
-                f"input {h}x{w} is smaller than the backbone's minimum {self.min_input_size} px"
-            )
-
-    def _check_target_list(self, targets, batch_size: int) -> None:
-        if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
-            raise TypeError(f"targets must be a list with one dict per image, got {type(targets).__name__}")
-        if len(targets) != batch_size:
-            raise ValueError(f"{batch_size} images but {len(targets)} targets")
-        for i, t in enumerate(targets):
-            if not isinstance(t, Mapping):
-                raise TypeError(f"targets[{i}] must be a dict, got {type(t).__name__}")
-        if not self.training:
-            return  # detection only reads the metas
-        try:
-            check_targets(targets, self.num_classes)
-        except ValueError as exc:
-            message = str(exc)
-            found = re.match(r"targets\[(\d+)\]", message)
-            if found:
-                meta = targets[int(found.group(1))].get("meta") or {}
-                name = meta.get("path") or meta.get("file_name")
-                if name:
-                    message += f" (image {name})"
-            raise DataError(message) from exc
+        return self.map_to_original(self.postprocessor(boxes, scores), targets)
