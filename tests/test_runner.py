@@ -301,7 +301,7 @@ def test_real_yolov1_on_shapes_resumes_exactly(tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "yolov1_shapes.py"
     cfg = load_config(config, [
         f"data.train.root={tmp_path / 'shapes'}", "data.train.transforms.size=64",
-        "data.val.transforms.size=64", "model.backbone.type=lenet5",  # small and quick
+        "data.val.transforms.size=64", "model.backbone={'type': 'lenet5'}",  # small and quick
         "train.epochs=2", "train.batch_size=4", "train.num_workers=0", "train.eval_interval=1",
         "train.log_interval=1", "eval.batch_size=4", "eval.num_workers=0", "eval.metric=['voc07']",
     ])
