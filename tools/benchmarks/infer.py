@@ -4,7 +4,7 @@ End-to-end = read JPEGs, resize, forward, NMS, draw, write annotated JPEGs (detk
 Forward alone = the same model on the same, already-resized tensors. The overhead outside the model
 is end_to_end_time / forward_time - 1 (target: <= 15% on CPU), at batch 1 and batch 8.
 
-    python tools/bench.py infer [--images 32] [--config configs/yolov1_shapes.py] [--repeats 2]
+    python tools/bench.py infer [--images 16] [--config configs/yolov1_voc.py] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def main(argv: list[str]) -> None:
     from detkit.models.builder import build_detector
 
     parser = argparse.ArgumentParser(prog="bench.py infer")
-    parser.add_argument("--config", default=str(REPO / "configs" / "yolov1_shapes.py"))
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--config", default=str(REPO / "configs" / "yolov1_voc.py"))
+    parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
 
