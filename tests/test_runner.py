@@ -160,6 +160,22 @@ def test_resume_problems(tiny, tmp_path, caplog):
     assert any("no checkpoint" in r.message and "starting from scratch" in r.message for r in caplog.records)
 
 
+def test_a_new_run_moves_an_earlier_run_aside_instead_of_overwriting_it(tiny, tmp_path, caplog):
+    cfg = tiny_cfg(epochs=1, eval_interval=0)
+    work = tmp_path / "w"
+    train(cfg, work_dir=work, device="cpu")
+    first = (work / "last.pth").read_bytes()
+    first_log = (work / "train.log").read_text()
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        train(cfg, work_dir=work, device="cpu", seed=5)
+    (previous,) = (work / "previous").iterdir()
+    assert (previous / "last.pth").read_bytes() == first  # the earlier checkpoint is intact
+    assert (previous / "train.log").read_text() == first_log  # and its log got nothing of the new run
+    assert "seed 5" in (work / "train.log").read_text() and "seed 5" not in first_log
+    assert load_checkpoint(work / "last.pth")["config"]["train"]["seed"] == 5
+    assert any("moved it to" in r.message for r in caplog.records)
+
+
 @pytest.mark.parametrize("change, message", [
     (("train", "epoch", 3), r"train\.epoch: unknown key\. Did you mean 'epochs'"),
     (("train", "nan_policy", "ignore"), r"train\.nan_policy: 'ignore' is not one of raise, skip"),

@@ -9,6 +9,7 @@ default ``work_dirs/<config name>/``) receives::
     train.log            the log (also printed to the console)
     metrics.jsonl        one record per logged window and per epoch (see hooks.LoggerHook)
     last.pth             the latest checkpoint; resume with --resume
+    previous/<time>/     an earlier run in the same work dir, moved aside (a new run never overwrites it)
     epoch_N.pth          the last ``keep_last`` epoch checkpoints
     best_<metric>.pth    the best checkpoint by ``eval.save_best``
     plots/               loss.png, map.png, lr.png, redrawn every epoch
@@ -420,6 +421,21 @@ def _coco_options(dataset) -> dict:
     return {"cat_ids": list(cat_ids)} if cat_ids else {}
 
 
+def archive_previous_run(work_dir: Path) -> Path:
+    """Move the files of an earlier run out of the way (never overwrite its checkpoints)."""
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    target = work_dir / "previous" / stamp
+    n = 1
+    while target.exists():
+        n += 1
+        target = work_dir / "previous" / f"{stamp}_{n}"
+    target.mkdir(parents=True)
+    for item in work_dir.iterdir():
+        if item.name != "previous":
+            os.replace(item, target / item.name)
+    return target
+
+
 def _jsonable(value):
     from detkit.engine.hooks import _jsonable as convert
 
@@ -506,16 +522,21 @@ def train(cfg: Mapping, *, config_path=None, work_dir=None, resume=None, seed: i
         work_dir = Path("work_dirs") / name
     work_dir = Path(work_dir)
     info = dist_utils.init_distributed(launcher, device)
+    archived = None
+    if info.is_main and resume is None and (work_dir / "last.pth").exists():
+        # A new run never overwrites an earlier run's checkpoints and log: they move aside first
+        # (before the log file is opened, so the new log starts fresh).
+        archived = archive_previous_run(work_dir)
     try:
         with run_logging(work_dir, info.rank), _determinism(deterministic):
             return _train(cfg, info, work_dir, resume=resume, unsafe_load=unsafe_load,
-                          deterministic=deterministic, extra_hooks=extra_hooks)
+                          deterministic=deterministic, extra_hooks=extra_hooks, archived=archived)
     finally:
         dist_utils.destroy_distributed(info)
 
 
 def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsafe_load: bool,
-           deterministic: bool, extra_hooks: Sequence) -> dict:
+           deterministic: bool, extra_hooks: Sequence, archived: Path | None = None) -> dict:
     from detkit import __version__
     from detkit.data.builder import build_dataset
     from detkit.data.loader import build_dataloader
@@ -534,9 +555,9 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
         saved = ((ckpt or {}).get("config") or {}).get("train", {}).get("seed")
         tcfg["seed"] = int(saved) if saved is not None else random.SystemRandom().randrange(2**31)
     seed = tcfg["seed"]
-    if info.is_main and ckpt is None and (work_dir / "last.pth").exists():
-        logger.warning("%s already holds a run (last.pth); its checkpoints will be overwritten "
-                       "(pass --resume to continue it instead)", work_dir)
+    if archived is not None:
+        logger.warning("%s already held a run; moved it to %s (pass --resume to continue a run instead)",
+                       work_dir, archived)
     logger.info("detkit %s, torch %s, device %s%s, seed %d%s", __version__, torch.__version__, device,
                 f", {info.world_size} processes ({info.backend})" if info.distributed else "", seed,
                 ", deterministic" if deterministic else "")
