@@ -15,8 +15,6 @@ State-dict keys are torchvision's minus ``classifier.*``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,7 +23,7 @@ from torchvision.models.alexnet import AlexNet
 from detkit.models.backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    Backbone,
+    backbone_factory,
     Layout,
     Stage,
     sequential_names,
@@ -47,16 +45,7 @@ _LAYOUT = Layout(
 )
 
 
-def alexnet(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """AlexNet trunk: 256 channels at stride 32 (options: see :class:`Backbone`)."""
+def _alexnet_parts() -> tuple[dict, Layout]:
     # The classifier (~58M parameters, thrown away) is never materialised: the net is built on the
     # meta device and only `features` is given real storage. torchvision's AlexNet has no init
     # code of its own, so reset_parameters() gives exactly its (PyTorch default) initialisation.
@@ -66,7 +55,7 @@ def alexnet(
     for module in features.modules():
         if isinstance(module, nn.Conv2d):
             module.reset_parameters()
-    return Backbone(
-        "alexnet", {"features": features}, _LAYOUT, pretrained=pretrained, strict=strict,
-        in_channels=in_channels, frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+    return {"features": features}, _LAYOUT
+
+
+alexnet = backbone_factory("alexnet", _alexnet_parts, "AlexNet trunk: 256 channels at stride 32 (options: see :class:`Backbone`).", __name__)

@@ -19,10 +19,11 @@ only lists their names; the forward pass looks them up each time, so swapping a 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from detkit.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "backbone_factory",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Backbone",
@@ -501,3 +503,41 @@ def _per_channel(values: tuple[float, ...], in_channels: int) -> tuple[float, ..
     if in_channels == 1:
         return (sum(values) / len(values),)
     return tuple(values[i % len(values)] for i in range(in_channels))
+
+
+def _factory_options(
+    *,
+    pretrained: str | os.PathLike | None = None,
+    strict: bool = True,
+    in_channels: int = 3,
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
+    out_indices: Sequence[int] | None = None,
+) -> Backbone:
+    """The keyword options every built-in backbone factory takes (see :class:`Backbone`)."""
+
+
+FACTORY_SIGNATURE = inspect.signature(_factory_options)
+
+
+def backbone_factory(name: str, build: Callable[[], tuple[Mapping[str, nn.Module], Layout]], doc: str,
+                     module: str) -> Callable[..., Backbone]:
+    """A registry factory ``name(*, pretrained, strict, in_channels, frozen_stages, norm_eval,
+    out_indices) -> Backbone`` around ``build() -> (modules, layout)``.
+
+    The options are declared once (``FACTORY_SIGNATURE``) instead of once per net; the factory
+    still exposes them as its signature, so the registry checks config keys against them and
+    an unknown option is a ``TypeError`` as with a plain ``def``.
+    """
+
+    def factory(**options) -> Backbone:
+        bound = FACTORY_SIGNATURE.bind(**options)
+        bound.apply_defaults()
+        modules, layout = build()
+        return Backbone(name, modules, layout, **bound.arguments)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = module
+    factory.__doc__ = doc
+    factory.__signature__ = FACTORY_SIGNATURE
+    return factory

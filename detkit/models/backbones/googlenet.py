@@ -20,12 +20,10 @@ gives exactly H/32.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 
 from torchvision.models.googlenet import googlenet as tv_googlenet
 
-from detkit.models.backbones.base import Backbone, Layout, Stage
+from detkit.models.backbones.base import Layout, Stage, backbone_factory
 
 __all__ = ["googlenet"]
 
@@ -47,20 +45,11 @@ _LAYOUT = Layout(
 )
 
 
-def googlenet(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """GoogLeNet trunk: 1024 channels at stride 32 (options: see :class:`Backbone`)."""
+def _googlenet_parts() -> tuple[dict, Layout]:
     # init_weights=True is torchvision's default, spelled out to skip its FutureWarning.
     net = tv_googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=True)
     modules = {n: getattr(net, n) for n in (*_STEM, *(m for stage in _STAGES for m in stage))}
-    return Backbone(
-        "googlenet", modules, _LAYOUT, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+    return modules, _LAYOUT
+
+
+googlenet = backbone_factory("googlenet", _googlenet_parts, "GoogLeNet trunk: 1024 channels at stride 32 (options: see :class:`Backbone`).", __name__)

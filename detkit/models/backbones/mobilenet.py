@@ -14,15 +14,13 @@ works (``min_input_size`` 1) and a multiple of 32 gives exactly H/32.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 
 from torchvision.models.mobilenetv2 import mobilenet_v2 as tv_mobilenet_v2
 
 from detkit.models.backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    Backbone,
+    backbone_factory,
     Layout,
     Stage,
     sequential_names,
@@ -46,18 +44,9 @@ _LAYOUT = Layout(
 )
 
 
-def mobilenet_v2(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """MobileNetV2 trunk (width 1.0): 1280 channels at stride 32 (options: see :class:`Backbone`)."""
+def _mobilenet_v2_parts() -> tuple[dict, Layout]:
     net = tv_mobilenet_v2(weights=None)
-    return Backbone(
-        "mobilenet_v2", {"features": net.features}, _LAYOUT, pretrained=pretrained, strict=strict,
-        in_channels=in_channels, frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+    return {"features": net.features}, _LAYOUT
+
+
+mobilenet_v2 = backbone_factory("mobilenet_v2", _mobilenet_v2_parts, "MobileNetV2 trunk (width 1.0): 1280 channels at stride 32 (options: see :class:`Backbone`).", __name__)

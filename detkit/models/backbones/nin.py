@@ -19,13 +19,11 @@ are no standard pretrained weights). Convs are Kaiming-normal initialised with z
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
-from collections.abc import Sequence
 
 from torch import nn
 
-from detkit.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, Layout, Stage
+from detkit.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Layout, Stage, backbone_factory
 
 __all__ = ["nin", "mlpconv"]
 
@@ -55,16 +53,7 @@ def mlpconv(
     )
 
 
-def nin(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """NiN trunk (three mlpconv blocks): 384 channels at stride 32 (options: see :class:`Backbone`)."""
+def _nin_parts() -> tuple[dict, Layout]:
     modules = {
         "mlpconv1": mlpconv(3, 96, kernel_size=11, stride=4, padding=5),
         "pool1": nn.MaxPool2d(3, stride=2, padding=1),
@@ -78,7 +67,7 @@ def nin(
             if isinstance(layer, nn.Conv2d):
                 nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
-    return Backbone(
-        "nin", modules, _LAYOUT, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+    return modules, _LAYOUT
+
+
+nin = backbone_factory("nin", _nin_parts, "NiN trunk (three mlpconv blocks): 384 channels at stride 32 (options: see :class:`Backbone`).", __name__)

@@ -9,19 +9,18 @@ multiple of 32 the last map is exactly H/32.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from functools import partial
 
 from torchvision.models import resnet as tv_resnet  # the module (there is no function 'resnet')
 
-from detkit.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, Layout, Stage
+from detkit.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Layout, Stage, backbone_factory
 
 __all__ = ["resnet18", "resnet34", "resnet50"]
 
 _STEM = ("conv1", "bn1", "relu", "maxpool")
 
 
-def _resnet(name, constructor, expansion: int, **options) -> Backbone:
+def _resnet_parts(constructor, expansion: int) -> tuple[dict, Layout]:
     net = constructor(weights=None)
     widths = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
     layout = Layout(
@@ -36,52 +35,22 @@ def _resnet(name, constructor, expansion: int, **options) -> Backbone:
         classifier_keys=("fc.",),
     )
     modules = {n: getattr(net, n) for n in (*_STEM, "layer1", "layer2", "layer3", "layer4")}
-    return Backbone(name, modules, layout, **options)
+    return modules, layout
 
 
-def resnet18(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """ResNet-18 trunk: 512 channels at stride 32 (options: see :class:`Backbone`)."""
-    return _resnet(
-        "resnet18", tv_resnet.resnet18, 1, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+resnet18 = backbone_factory(
+    "resnet18", partial(_resnet_parts, tv_resnet.resnet18, 1),
+    "ResNet-18 trunk: 512 channels at stride 32 (options: see :class:`Backbone`).", __name__,
+)
 
 
-def resnet34(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """ResNet-34 trunk: 512 channels at stride 32 (options: see :class:`Backbone`)."""
-    return _resnet(
-        "resnet34", tv_resnet.resnet34, 1, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+resnet34 = backbone_factory(
+    "resnet34", partial(_resnet_parts, tv_resnet.resnet34, 1),
+    "ResNet-34 trunk: 512 channels at stride 32 (options: see :class:`Backbone`).", __name__,
+)
 
 
-def resnet50(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """ResNet-50 trunk (bottleneck blocks): 2048 channels at stride 32 (options: see :class:`Backbone`)."""
-    return _resnet(
-        "resnet50", tv_resnet.resnet50, 4, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+resnet50 = backbone_factory(
+    "resnet50", partial(_resnet_parts, tv_resnet.resnet50, 4),
+    "ResNet-50 trunk (bottleneck blocks): 2048 channels at stride 32 (options: see :class:`Backbone`).", __name__,
+)

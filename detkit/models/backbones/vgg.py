@@ -13,8 +13,7 @@ least 32×32 inputs; a multiple of 32 gives exactly H/32.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,7 +22,7 @@ from torchvision.models import vgg as tv_vgg
 from detkit.models.backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    Backbone,
+    backbone_factory,
     Layout,
     Stage,
     sequential_names,
@@ -53,75 +52,35 @@ def _layout(features: nn.Sequential) -> Layout:
     )
 
 
-def _vgg(name: str, config: str, batch_norm: bool, **options) -> Backbone:
+def _vgg_parts(config: str, batch_norm: bool) -> tuple[dict, Layout]:
     features = tv_vgg.make_layers(tv_vgg.cfgs[config], batch_norm=batch_norm)
     # torchvision's VGG constructor initialises `features` in place (Kaiming, fan-out). Its
     # classifier (~120M parameters, thrown away here) is created on the meta device so building a
     # backbone does not spend a second and 500 MB initialising it.
     with torch.device("meta"):
         tv_vgg.VGG(features, init_weights=True)
-    return Backbone(name, {"features": features}, _layout(features), **options)
+    return {"features": features}, _layout(features)
 
 
-def vgg11(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """VGG-11 (configuration A) trunk: 512 channels at stride 32 (options: see :class:`Backbone`)."""
-    return _vgg(
-        "vgg11", "A", False, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+vgg11 = backbone_factory(
+    "vgg11", partial(_vgg_parts, "A", False),
+    "VGG-11 (configuration A) trunk: 512 channels at stride 32 (options: see :class:`Backbone`).", __name__,
+)
 
 
-def vgg11_bn(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """VGG-11 with BatchNorm after every conv: 512 channels at stride 32."""
-    return _vgg(
-        "vgg11_bn", "A", True, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+vgg11_bn = backbone_factory(
+    "vgg11_bn", partial(_vgg_parts, "A", True),
+    "VGG-11 with BatchNorm after every conv: 512 channels at stride 32.", __name__,
+)
 
 
-def vgg16(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """VGG-16 (configuration D) trunk: 512 channels at stride 32 (options: see :class:`Backbone`)."""
-    return _vgg(
-        "vgg16", "D", False, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+vgg16 = backbone_factory(
+    "vgg16", partial(_vgg_parts, "D", False),
+    "VGG-16 (configuration D) trunk: 512 channels at stride 32 (options: see :class:`Backbone`).", __name__,
+)
 
 
-def vgg16_bn(
-    *,
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """VGG-16 with BatchNorm after every conv: 512 channels at stride 32."""
-    return _vgg(
-        "vgg16_bn", "D", True, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+vgg16_bn = backbone_factory(
+    "vgg16_bn", partial(_vgg_parts, "D", True),
+    "VGG-16 with BatchNorm after every conv: 512 channels at stride 32.", __name__,
+)
