@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torch import nn
 from torch.nn import functional as F
 
 from detkit import registry
@@ -29,6 +28,7 @@ from detkit.models.losses.region_loss import RegionLoss
 from detkit.models.proposals.precomputed import write_proposals
 from detkit.models.sampler import RegionSampler
 from detkit.structures import boxes_to_original, check_detections
+from stand_ins import TinyBackbone
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_CLASSES = (
@@ -50,28 +50,6 @@ ENTRY_POINTS = {
 # ----------------------------------------------------------------------------------------------
 # In-process stand-ins (test-only parts, like tests/test_yolov1.py's)
 # ----------------------------------------------------------------------------------------------
-
-
-class TinyBackbone(nn.Module):
-    """Three stride-2 convs: the backbone contract at a size that trains in seconds."""
-
-    pixel_mean = (0.485, 0.456, 0.406)
-    pixel_std = (0.229, 0.224, 0.225)
-    stride = 8
-    min_input_size = 8
-
-    def __init__(self, out_channels: int = 32):
-        super().__init__()
-        self.out_channels = out_channels
-        layers, channels = [], 3
-        for width in (16, 32, out_channels):
-            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-            channels = width
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.body(x)
 
 
 class FixedProposals:
