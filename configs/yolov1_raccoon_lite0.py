@@ -5,10 +5,7 @@ _base_ = ["_base_/models/yolov1_lite0.py", "_base_/datasets/raccoon.py", "_base_
 
 image_size = 320
 
-model = dict(
-    backbone=dict(frozen_stages=1),
-    postprocessor=dict(score_threshold=0.01),
-)
+model = dict(backbone=dict(frozen_stages=1))
 data = dict(
     train=dict(transforms=dict(size=image_size, preset="yolov1")),
     val=dict(transforms=dict(size=image_size)),

@@ -190,7 +190,9 @@ def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, d
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("source")
-@click.option("--conf", type=float, default=None, help="Score threshold.")
+@click.option("--conf", type=float, default=0.25, show_default=True,
+              help="Keep (draw, save) detections scoring at least this. Evaluation keeps the config's low "
+                   "model.postprocessor.score_threshold, which mAP needs; 0 keeps everything the model returns.")
 @click.option("--iou", type=float, default=None, help="NMS IoU threshold.")
 @click.option("--max-det", type=int, default=None, help="Maximum detections per image.")
 @click.option("--classes", default=None, help="Keep only these classes (comma-separated names or ids).")

@@ -97,8 +97,20 @@ def test_conf_override_reaches_the_postprocessor_config(setup):
     assert out["model"]["postprocessor"] == {"type": "batched_nms", "score_threshold": 0.3, "iou_threshold": 0.45,
                                              "max_per_image": 10}
     assert cfg["model"]["postprocessor"]["score_threshold"] == 0.05  # not mutated
+    assert _postprocessor_overrides(setup[0], 0.3, None, None) == setup[0]  # conf is filtered by Predictor
     with pytest.raises(ConfigError, match="has none"):
-        _postprocessor_overrides(setup[0], 0.3, None, None)
+        _postprocessor_overrides(setup[0], None, 0.5, None)
+
+
+def test_conf_filters_final_detections_without_a_postprocessor(setup):
+    from detkit import Predictor
+
+    cfg, ckpt = setup  # the stand-in scores its two boxes 0.9 and 0.4 and has no postprocessor
+    image = np.zeros((40, 60, 3), np.uint8)
+    assert Predictor(cfg, ckpt, device="cpu").predict(image)[0]["scores"].tolist() == pytest.approx([0.9, 0.4])
+    kept = Predictor(cfg, ckpt, device="cpu", conf=0.5).predict(image)[0]
+    assert kept["scores"].tolist() == pytest.approx([0.9]) and kept["labels"].tolist() == [0]
+    assert kept["boxes"].shape == (1, 4)
 
 
 def test_folder_outputs_json_txt_and_drawn_images(setup, tmp_path):
@@ -233,3 +245,21 @@ def test_draw_puts_boxes_where_detections_are():
     assert (out[50, 30] == 0).all()  # inside untouched
     assert image.max() == 0  # input not modified
     assert class_colour(3) == class_colour(3) and class_colour(3) != class_colour(4)
+
+
+def test_cli_conf_default_and_override(setup, tmp_path):
+    """`detkit infer` keeps scores >= 0.25 by default (ultralytics' predict default); --conf changes it."""
+    cfg, ckpt = setup
+    cfg_file = tmp_path / "cfg.py"
+    cfg_file.write_text(f"model = {cfg['model']!r}\ndata = {cfg['data']!r}\n")
+    image = write_image(tmp_path / "a.png", h=40, w=60)
+    scores = {}
+    with registry.register("detectors", "fixed_box_test", FixedBoxDetector, override=True):
+        for name, extra in (("default", []), ("high", ["--conf", "0.5"])):
+            out = tmp_path / name
+            result = CliRunner().invoke(main, ["infer", str(cfg_file), str(ckpt), str(image), "--out", str(out),
+                                               "--save-json", "--no-save-vis", "--device", "cpu", *extra])
+            assert result.exit_code == 0, result.output
+            preds = json.loads((out / "predictions.json").read_text())
+            scores[name] = sorted(round(p["score"], 3) for p in preds)
+    assert scores == {"default": [0.4, 0.9], "high": [0.9]}

@@ -37,8 +37,9 @@ def _postprocessor_overrides(cfg: dict, conf, iou, max_det) -> dict:
     cfg = copy.deepcopy(cfg)
     post = cfg.get("model", {}).get("postprocessor")
     if not isinstance(post, dict):
-        if any(v is not None for v in (conf, iou, max_det)):
-            raise ConfigError("model.postprocessor: the config has none, so --conf/--iou/--max-det cannot apply")
+        # --conf still applies: Predictor filters the final detections by score itself.
+        if any(v is not None for v in (iou, max_det)):
+            raise ConfigError("model.postprocessor: the config has none, so --iou/--max-det cannot apply")
         return cfg
     for key, value in (("score_threshold", conf), ("iou_threshold", iou), ("max_per_image", max_det)):
         if value is not None:
@@ -51,7 +52,10 @@ class Predictor:
 
     ``config`` is a config path or an already-loaded config dict; ``checkpoint`` a path (loaded with
     ``weights_only=True``; ``unsafe_load=True`` allows pickled checkpoints you trust). ``conf``, ``iou``
-    and ``max_det`` override the postprocessor's score threshold, NMS IoU and detections per image.
+    and ``max_det`` override the postprocessor's score threshold, NMS IoU and detections per image;
+    ``conf`` is also applied to the final detections, so it holds for detectors without a postprocessor.
+    (Filtering before or after greedy NMS keeps the same boxes: a lower-scored box never suppresses
+    a higher one.)
     The class names come from the checkpoint, falling back to the config's ``data.classes``.
     """
 
@@ -66,6 +70,7 @@ class Predictor:
         cfg = config if isinstance(config, Mapping) else load_config(config, overrides)
         cfg = _postprocessor_overrides(dict(cfg), conf, iou, max_det)
         self.cfg = cfg
+        self.conf = conf
         self.device = select_device(device)
         ckpt = load_checkpoint(checkpoint, map_location="cpu", unsafe=unsafe_load)
         class_names = ckpt.get("class_names") or (cfg.get("data", {}).get("classes") or None)
@@ -133,8 +138,10 @@ class Predictor:
         if not arrays:
             return []
         batch, metas = self.preprocess(arrays)
-        detections = self.model(batch, metas)
-        return [{k: v.detach().cpu() for k, v in d.items()} for d in detections]
+        detections = [{k: v.detach().cpu() for k, v in d.items()} for d in self.model(batch, metas)]
+        if self.conf is not None:
+            detections = [{k: v[d["scores"] >= self.conf] for k, v in d.items()} for d in detections]
+        return detections
 
     __call__ = predict
 
