@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # name, run directory, command, data description
 RECIPES = [
     ("yolov1_shapes", "work_dirs/yolov1_shapes", "`make demo`",
-     "synthetic shapes, 480 train / 120 val, 112 px"),
+     "synthetic shapes, 480 train / 120 val, 112 px, S=14"),
     ("yolov1_raccoon_lite0", "work_dirs/yolov1_raccoon_lite0",
      "`detkit train configs/yolov1_raccoon_lite0.py`", "raccoon, 160 train / 40 val, 320 px"),
     ("yolov1_raccoon_resnet18", "work_dirs/yolov1_raccoon_resnet18",

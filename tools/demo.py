@@ -90,7 +90,10 @@ def main() -> int:
     held_out.mkdir(parents=True, exist_ok=True)
     for p in images[:8]:
         (held_out / p.name).write_bytes(p.read_bytes())
-    video = make_video(images, held_out / "shapes_demo.mp4")
+    # The video goes into its own folder: in the image folder, infer would (rightly) report it as skipped.
+    video_dir = REPO / "runs" / "demo_video"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    video = make_video(images, video_dir / "shapes_demo.mp4")
     run(detkit + ["infer", CONFIG, str(best[0].relative_to(REPO)), str(held_out.relative_to(REPO)),
                   "--out", "runs/demo_infer/images", "--save-json", "--set", *sets])
     run(detkit + ["infer", CONFIG, str(best[0].relative_to(REPO)), str(video.relative_to(REPO)),
