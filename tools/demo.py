@@ -32,6 +32,12 @@ def run(cmd: list[str]) -> None:
     print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (shorter commands to copy), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def make_video(images: list[Path], out: Path, fps: float = 5.0) -> Path:
     """A short video from held-out images (letterboxed to one size), to show video inference."""
     import cv2
@@ -81,8 +87,8 @@ def main() -> int:
     work = REPO / args.work_dir
     best = sorted(work.glob("best_*.pth")) or [work / "last.pth"]
     metrics_file = work / "eval_metrics.json"
-    run(detkit + ["eval", CONFIG, str(best[0].relative_to(REPO)), "--metric", "all", "--metrics-out",
-                  str(metrics_file.relative_to(REPO)), "--set", *sets])
+    run(detkit + ["eval", CONFIG, shown(best[0]), "--metric", "all", "--metrics-out",
+                  shown(metrics_file), "--set", *sets])
 
     val_ids = (data / "ImageSets" / "Main" / "val.txt").read_text().split()
     images = [next((data / "JPEGImages").glob(f"{i}.*")) for i in val_ids[:24]]
@@ -94,9 +100,9 @@ def main() -> int:
     video_dir = REPO / "runs" / "demo_video"
     video_dir.mkdir(parents=True, exist_ok=True)
     video = make_video(images, video_dir / "shapes_demo.mp4")
-    run(detkit + ["infer", CONFIG, str(best[0].relative_to(REPO)), str(held_out.relative_to(REPO)),
+    run(detkit + ["infer", CONFIG, shown(best[0]), shown(held_out),
                   "--out", "runs/demo_infer/images", "--save-json", "--set", *sets])
-    run(detkit + ["infer", CONFIG, str(best[0].relative_to(REPO)), str(video.relative_to(REPO)),
+    run(detkit + ["infer", CONFIG, shown(best[0]), shown(video),
                   "--out", "runs/demo_infer/video", "--save-json", "--set", *sets])
 
     metrics = json.loads(metrics_file.read_text())
@@ -106,7 +112,7 @@ def main() -> int:
             print(f"  {key:12s} {metrics[key]:.4f}")
     print(f"  run directory : {args.work_dir}/ (config.json, train.log, metrics.jsonl, checkpoints)")
     print(f"  plots         : {args.work_dir}/plots/")
-    print(f"  metrics       : {metrics_file.relative_to(REPO)}")
+    print(f"  metrics       : {shown(metrics_file)}")
     print("  annotated     : runs/demo_infer/images*/ and runs/demo_infer/video*/")
     return 0
 
