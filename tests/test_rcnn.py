@@ -28,7 +28,7 @@ from detkit.models.losses.region_loss import RegionLoss
 from detkit.models.proposals.precomputed import write_proposals
 from detkit.models.sampler import RegionSampler
 from detkit.structures import boxes_to_original, check_detections
-from stand_ins import TinyBackbone
+from stand_ins import TinyBackbone, assert_rejects_bad_inputs, target
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_CLASSES = (
@@ -95,11 +95,6 @@ def tiny_model_cfg(mode="roi", proposals=None, **head):
             "proposals": proposals or {"type": "sliding_window", "scales": (0.2, 0.4, 0.7), "max_proposals": 200},
             "head": head, "loss": {"type": "region_loss"},
             "postprocessor": {"type": "batched_nms", "iou_threshold": 0.3, "score_threshold": 0.0}}
-
-
-def target(boxes, labels, **extra):
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64), **extra}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,18 +492,8 @@ def test_precomputed_proposals_through_the_detector(tiny_parts, tmp_path):
 
 
 def test_detector_rejects_bad_inputs_and_bad_proposals_with_clear_errors(tiny_parts):
-    model = build_detector(tiny_model_cfg(), ["a", "b"])
+    assert_rejects_bad_inputs(build_detector(tiny_model_cfg(), ["a", "b"]))
     good = torch.rand(1, 3, 64, 64)
-    with pytest.raises(ValueError, match="needs targets"):
-        model.train()(good)
-    with pytest.raises(ValueError, match="float in 0..1"):
-        model((good * 255).to(torch.uint8), [target([[0, 0, 5, 5]], [0])])
-    with pytest.raises(ValueError, match="scaled to 0..1"):
-        model(good * 255, [target([[0, 0, 5, 5]], [0])])
-    with pytest.raises(ValueError, match="1 images but 2 targets"):
-        model(good, [target([[0, 0, 5, 5]], [0])] * 2)
-    with pytest.raises(DataError, match=r"must lie in 0\.\.1.*img_7\.jpg"):
-        model(good, [target([[0, 0, 5, 5]], [4], meta={"file_name": "img_7.jpg"})])
     bad = build_detector(tiny_model_cfg(proposals={"type": "fixed_test_proposals"}), ["a"])
     bad.proposal_generator.boxes = np.zeros((3, 5), np.float32)
     with pytest.raises(DataError, match=r"FixedProposals returned shape \(3, 5\) for image /d/i\.png"):

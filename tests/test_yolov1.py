@@ -16,13 +16,13 @@ from torch import nn
 
 from detkit import registry
 from detkit.config import load_config
-from detkit.errors import ConfigError, DataError
+from detkit.errors import ConfigError
 from detkit.models.builder import build_detector
 from detkit.models.detectors.yolov1 import YOLOv1
 from detkit.models.heads.yolov1 import YOLOv1Head, decode_grid
 from detkit.models.losses.yolov1_loss import YOLOv1Loss, encode_targets
 from detkit.structures import check_detections
-from stand_ins import TinyBackbone
+from stand_ins import TinyBackbone, assert_rejects_bad_inputs, target
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_CLASSES = (
@@ -72,11 +72,6 @@ def tiny_model_cfg(**head):
             "conv_channels": 32, **head}
     return {"type": "yolov1", "backbone": {"type": "tiny_test_backbone"}, "head": head,
             "loss": {"type": "yolov1_loss"}, "postprocessor": {"type": "tiny_test_nms"}}
-
-
-def target(boxes, labels, **extra):
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64), **extra}
 
 
 def iou(a, b) -> float:
@@ -497,25 +492,7 @@ def test_training_mode_returns_named_losses_and_gradients_reach_the_backbone(tin
 
 
 def test_detector_rejects_bad_inputs_with_clear_errors(tiny_parts):
-    model = build_detector(tiny_model_cfg(), ["a", "b"])
-    good = torch.rand(1, 3, 64, 64)
-    with pytest.raises(ValueError, match="needs targets"):
-        model.train()(good)
-    with pytest.raises(ValueError, match="float in 0..1"):
-        model((good * 255).to(torch.uint8), [target([[0, 0, 5, 5]], [0])])
-    with pytest.raises(ValueError, match="scaled to 0..1"):
-        model(good * 255, [target([[0, 0, 5, 5]], [0])])
-    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
-        model(torch.rand(3, 64, 64), [target([[0, 0, 5, 5]], [0])])
-    with pytest.raises(ValueError, match="smaller than the backbone's minimum 8"):
-        model(torch.rand(1, 3, 4, 64), [target([[0, 0, 5, 5]], [0])])
-    with pytest.raises(ValueError, match="1 images but 2 targets"):
-        model(good, [target([[0, 0, 5, 5]], [0])] * 2)
-    bad_label = target([[0, 0, 5, 5]], [7], meta={"file_name": "img_0042.jpg"})
-    with pytest.raises(DataError, match=r"targets\[0\]\['labels'\] must lie in 0\.\.1.*img_0042\.jpg"):
-        model(good, [bad_label])
-    with pytest.raises(DataError, match="x2 < x1"):
-        model(good, [target([[10, 0, 5, 5]], [0])])
+    assert_rejects_bad_inputs(build_detector(tiny_model_cfg(), ["a", "b"]))
 
 
 def test_tiny_yolov1_overfits_one_image(tiny_parts):
