@@ -24,6 +24,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -520,24 +521,29 @@ def _factory_options(
 FACTORY_SIGNATURE = inspect.signature(_factory_options)
 
 
-def backbone_factory(name: str, build: Callable[[], tuple[Mapping[str, nn.Module], Layout]], doc: str,
-                     module: str) -> Callable[..., Backbone]:
-    """A registry factory ``name(*, pretrained, strict, in_channels, frozen_stages, norm_eval,
-    out_indices) -> Backbone`` around ``build() -> (modules, layout)``.
+def backbone_factory(name: str, build: Callable[..., tuple[Mapping[str, nn.Module], Layout]], doc: str,
+                     module: str, **net_options: Any) -> Callable[..., Backbone]:
+    """A registry factory ``name(*, <net options>, pretrained, strict, in_channels, frozen_stages,
+    norm_eval, out_indices) -> Backbone`` around ``build(**net_options) -> (modules, layout)``.
 
-    The options are declared once (``FACTORY_SIGNATURE``) instead of once per net; the factory
-    still exposes them as its signature, so the registry checks config keys against them and
-    an unknown option is a ``TypeError`` as with a plain ``def``.
+    The shared options are declared once (``FACTORY_SIGNATURE``) instead of once per net; a net's own
+    options (LeNet-5's ``activation``) are given as ``net_options`` with their defaults and passed to
+    ``build``. The factory exposes all of them as its signature, so the registry checks config keys
+    against them and an unknown option is a ``TypeError`` as with a plain ``def``.
     """
+    own = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default)
+           for key, default in net_options.items()]
+    signature = FACTORY_SIGNATURE.replace(parameters=own + list(FACTORY_SIGNATURE.parameters.values()))
 
     def factory(**options) -> Backbone:
-        bound = FACTORY_SIGNATURE.bind(**options)
+        bound = signature.bind(**options)
         bound.apply_defaults()
-        modules, layout = build()
-        return Backbone(name, modules, layout, **bound.arguments)
+        arguments = dict(bound.arguments)
+        modules, layout = build(**{key: arguments.pop(key) for key in net_options})
+        return Backbone(name, modules, layout, **arguments)
 
     factory.__name__ = factory.__qualname__ = name
     factory.__module__ = module
     factory.__doc__ = doc
-    factory.__signature__ = FACTORY_SIGNATURE
+    factory.__signature__ = signature
     return factory

@@ -27,13 +27,10 @@ Choices, and how they differ from the paper:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-
 from torch import nn
 
 from detkit.errors import ConfigError
-from detkit.models.backbones.base import Backbone, Layout, Stage
+from detkit.models.backbones.base import Layout, Stage, backbone_factory
 
 __all__ = ["lenet5"]
 
@@ -50,22 +47,7 @@ _LAYOUT = Layout(
 )
 
 
-def lenet5(
-    *,
-    activation: str = "tanh",
-    pool: str = "avg",
-    pretrained: str | os.PathLike | None = None,
-    strict: bool = True,
-    in_channels: int = 3,
-    frozen_stages: int = -1,
-    norm_eval: bool = False,
-    out_indices: Sequence[int] | None = None,
-) -> Backbone:
-    """LeNet-5 trunk (C1-S2-C3-S4-C5): 120 channels at stride 4 (options: see :class:`Backbone`).
-
-    ``activation``: ``"tanh"`` (classic), ``"sigmoid"`` or ``"relu"``; ``pool``: ``"avg"``
-    (classic) or ``"max"``.
-    """
+def _lenet5_parts(activation: str, pool: str) -> tuple[dict, Layout]:
     if activation not in _ACTIVATIONS:
         raise ConfigError(
             f"backbone 'lenet5': activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
@@ -90,7 +72,15 @@ def lenet5(
             else:
                 nn.init.xavier_uniform_(module.weight)
             nn.init.zeros_(module.bias)
-    return Backbone(
-        "lenet5", modules, _LAYOUT, pretrained=pretrained, strict=strict, in_channels=in_channels,
-        frozen_stages=frozen_stages, norm_eval=norm_eval, out_indices=out_indices,
-    )
+    return modules, _LAYOUT
+
+
+lenet5 = backbone_factory(
+    "lenet5", _lenet5_parts,
+    """LeNet-5 trunk (C1-S2-C3-S4-C5): 120 channels at stride 4 (options: see :class:`Backbone`).
+
+    ``activation``: ``"tanh"`` (classic), ``"sigmoid"`` or ``"relu"``; ``pool``: ``"avg"``
+    (classic) or ``"max"``.
+    """,
+    __name__, activation="tanh", pool="avg",
+)
