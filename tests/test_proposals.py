@@ -225,6 +225,17 @@ def test_min_size_and_cap_apply_at_the_input_scale(tmp_path):
     assert PrecomputedProposals(path, max_proposals=1)(image, meta=meta).tolist() == [[5, 10, 55, 110]]
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_proposals=0), r"precomputed: max_proposals must be a positive integer or None, got 0"),
+    (dict(max_proposals=True), r"precomputed: max_proposals .* got True"),
+    (dict(min_size=-1), r"precomputed: min_size must be >= 0, got -1"),
+])
+def test_precomputed_rejects_bad_limits(tmp_path, kwargs, message):
+    path = write_proposals(tmp_path / "p.npz", stored())
+    with pytest.raises(ConfigError, match=message):
+        PrecomputedProposals(path, **kwargs)
+
+
 def test_missing_entry_is_a_data_error_naming_the_image_and_the_file(tmp_path):
     path = write_proposals(tmp_path / "p.npz", stored())
     generator = PrecomputedProposals(path)

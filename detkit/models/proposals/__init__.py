@@ -15,3 +15,15 @@ Built in: :class:`~detkit.models.proposals.sliding_window.SlidingWindow` (``slid
 :class:`~detkit.models.proposals.precomputed.PrecomputedProposals` (``precomputed``). Selective
 search is the ``detkit-selective-search`` plugin (``selective_search``).
 """
+
+from detkit.errors import ConfigError
+
+
+def check_limits(generator: str, max_proposals, min_size) -> tuple[int | None, float]:
+    """Validate the ``max_proposals`` / ``min_size`` options every generator takes; returns them as
+    ``(int or None, float)`` or raises a ConfigError naming ``generator``."""
+    if max_proposals is not None and (isinstance(max_proposals, bool) or int(max_proposals) < 1):
+        raise ConfigError(f"{generator}: max_proposals must be a positive integer or None, got {max_proposals!r}")
+    if float(min_size) < 0:
+        raise ConfigError(f"{generator}: min_size must be >= 0, got {min_size!r}")
+    return (None if max_proposals is None else int(max_proposals)), float(min_size)

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from detkit.errors import ConfigError, DataError
+from detkit.models.proposals import check_limits
 
 __all__ = ["FORMAT", "PrecomputedProposals", "read_proposals", "write_proposals"]
 
@@ -188,14 +189,8 @@ class PrecomputedProposals:
     uses_meta = True
 
     def __init__(self, path: str | os.PathLike, max_proposals: int | None = None, min_size: float = 0.0):
-        if max_proposals is not None and (isinstance(max_proposals, bool) or int(max_proposals) < 1):
-            raise ConfigError(
-                f"precomputed: max_proposals must be a positive integer or None, got {max_proposals!r}")
-        if float(min_size) < 0:
-            raise ConfigError(f"precomputed: min_size must be >= 0, got {min_size!r}")
+        self.max_proposals, self.min_size = check_limits("precomputed", max_proposals, min_size)
         self.path = Path(path)
-        self.max_proposals = None if max_proposals is None else int(max_proposals)
-        self.min_size = float(min_size)
         self.proposals = read_proposals(self.path)
 
     def __repr__(self) -> str:

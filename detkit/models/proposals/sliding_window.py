@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from detkit.errors import ConfigError
+from detkit.models.proposals import check_limits
 
 __all__ = ["SlidingWindow", "bit_reversed_order"]
 
@@ -93,14 +94,8 @@ class SlidingWindow:
         self.aspect_ratios = _positive_tuple(aspect_ratios, "aspect_ratios")
         if not 0.0 < float(step) <= 1.0:
             raise ConfigError(f"sliding_window: step must lie in (0, 1], got {step!r}")
-        if max_proposals is not None and (isinstance(max_proposals, bool) or int(max_proposals) < 1):
-            raise ConfigError(
-                f"sliding_window: max_proposals must be a positive integer or None, got {max_proposals!r}")
-        if float(min_size) < 0:
-            raise ConfigError(f"sliding_window: min_size must be >= 0, got {min_size!r}")
+        self.max_proposals, self.min_size = check_limits("sliding_window", max_proposals, min_size)
         self.step = float(step)
-        self.max_proposals = None if max_proposals is None else int(max_proposals)
-        self.min_size = float(min_size)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     def __repr__(self) -> str:
