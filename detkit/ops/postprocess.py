@@ -64,8 +64,10 @@ class PostprocessorInput:
 
     def image_of_row(self) -> Tensor:
         """int64 ``[R]``: the image of every row."""
-        sizes = torch.tensor(self.sizes, device=self.scores.device)
-        return torch.arange(self.num_images, device=self.scores.device).repeat_interleave(sizes)
+        images = torch.arange(self.num_images, device=self.scores.device)
+        if len(set(self.sizes)) == 1:  # batched tensors: a scalar repeat is far cheaper on CPU
+            return images.repeat_interleave(self.sizes[0])
+        return images.repeat_interleave(torch.tensor(self.sizes, device=self.scores.device))
 
 
 def normalise_batch(boxes, scores, *, who: str = "postprocessor") -> PostprocessorInput:
