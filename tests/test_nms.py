@@ -595,3 +595,14 @@ def test_cuda_postprocessor_stays_on_device_and_matches_cpu():
     for c, d in zip(cpu, gpu):
         assert d["boxes"].is_cuda and d["labels"].dtype == torch.int64
         assert torch.equal(c["labels"], d["labels"].cpu()) and torch.equal(c["boxes"], d["boxes"].cpu())
+
+
+@needs_cuda
+def test_cuda_traced_postprocessor_matches_eager():
+    post = BatchedNMS(max_per_image=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(_Postprocess(post), tuple(t.cuda() for t in yolo_like(2, 20, 4, seed=61)),
+                                 check_trace=False)
+    boxes, scores = (t.cuda() for t in yolo_like(2, 98, 4, seed=62))
+    assert_detections_equal(_unflatten(traced(boxes, scores)), post(boxes, scores))

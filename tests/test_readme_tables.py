@@ -102,12 +102,12 @@ def test_bench_record_option_and_table_rendering(tools):
     assert bench._pop_record(["--quick"]) == (None, ["--quick"])
     table = bench.render_table({
         "zzz": {"suite": "nms", "command": "python tools/bench.py nms --record", "date": "2026-01-02",
-                "rows": [["a", "1.5× faster"], ["b", "2×"]]},
+                "cpus": 2, "load_average": 0.46, "rows": [["a", "1.5× faster"], ["b", "2×"]]},
         "aaa": {"suite": "rcnn", "command": "python tools/bench.py rcnn --record", "date": "2026-01-03",
                 "note": "quiet machine", "rows": [["c", "3×"]]},
     }).splitlines()
     assert table[2:] == [
-        "| nms | a | 1.5× faster | `python tools/bench.py nms --record`, 2026-01-02 |",
-        "| nms | b | 2× | `python tools/bench.py nms --record`, 2026-01-02 |",
+        "| nms | a | 1.5× faster | `python tools/bench.py nms --record`, 2026-01-02, load average 0.5 on 2 CPUs |",
+        "| nms | b | 2× | `python tools/bench.py nms --record`, 2026-01-02, load average 0.5 on 2 CPUs |",
         "| rcnn | c | 3× | `python tools/bench.py rcnn --record`, 2026-01-03 (quiet machine) |",
     ]

@@ -43,6 +43,8 @@ def render_table(records: dict[str, dict]) -> str:
     lines = ["| suite | what | measured | recorded with |", "|---|---|---|---|"]
     for _, record in sorted(records.items(), key=order):
         source = f"`{record['command']}`, {record['date']}"
+        if record.get("load_average") is not None:
+            source += f", load average {record['load_average']:.1f} on {record['cpus']} CPUs"
         if record.get("note"):
             source += f" ({record['note']})"
         for what, measured in record["rows"]:
@@ -50,13 +52,15 @@ def render_table(records: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _environment() -> str:
+def _environment() -> dict:
+    """What the figures depend on besides the code: versions, threads, and how busy the machine was."""
     import torch
     import torchvision
 
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return (f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} torch "
-            f"threads, {os.cpu_count()} CPUs{load}")
+    return {"environment": f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+                           f"{torch.get_num_threads()} torch threads",
+            "cpus": os.cpu_count(),
+            "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None}
 
 
 def _pop_record(args: list[str]) -> tuple[str | None, list[str]]:
@@ -97,13 +101,13 @@ def main(argv: list[str]) -> int:
                 continue
             raise
         print(f"==== {name} ====", flush=True)
-        environment = _environment() if record_as is not None else ""
+        environment = _environment() if record_as is not None else {}
         rows = module.main(rest)
         if record_as is not None and rows:
             path = RECORDS / f"{record_as or name}.json"
             command = " ".join(["python tools/bench.py", name, *argv[1:]])
             write_record(path, {"suite": name, "command": command, "date": datetime.date.today().isoformat(),
-                                "environment": environment, "rows": [list(r) for r in rows]})
+                                **environment, "rows": [list(r) for r in rows]})
             print(f"recorded {len(rows)} figure(s) in {path.relative_to(REPO)}; "
                   f"`python tools/bench.py readme` puts them in the README")
     return 0

@@ -85,13 +85,12 @@ class Spec(_ChildMarker):
         self.factory = _group(group).get(self.name, path=f"{self.path}.type")
         self.kwargs: dict[str, Any] = {}
         self._signature = _signature(self.factory)
-        params = self._signature.parameters if self._signature else {}
         self._children = _child_parameters(self.factory, self._signature, self._describe())
         for key, value in cfg.items():
             if key == "type":
                 continue
             if not self.accepts(key):
-                raise ConfigError(self._unknown_argument(key, params))
+                raise ConfigError(self._unknown_argument(key))
             if key in self._children and isinstance(value, Mapping):
                 value = Spec(self._children[key][0], value, f"{self.path}.{key}")
             self.kwargs[key] = value
@@ -105,7 +104,7 @@ class Spec(_ChildMarker):
         return [n for n, p in params.items()
                 if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
-    def _unknown_argument(self, key: str, params) -> str:
+    def _unknown_argument(self, key: str) -> str:
         names = self._parameter_names()
         msg = f"{self.path}.{key}: unknown argument for {_SINGULAR[self.group]} '{self.name}'."
         close = difflib.get_close_matches(key, names, n=2, cutoff=0.6)
