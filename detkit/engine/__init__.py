@@ -1,8 +1,10 @@
-"""Training and evaluation engine: the trainer loop, hooks, checkpoints, optimisers, distributed
-helpers and the ``detkit train`` / ``detkit eval`` runners.
+"""Training engine: the trainer loop, hooks, checkpoints, optimisers, distributed helpers, run
+logging, the run directory and the ``detkit train`` runner (``detkit eval`` is in
+:mod:`detkit.evaluation.run`; ``evaluate`` stays importable from here).
 
     from detkit.engine import Trainer, Hook, save_checkpoint, load_checkpoint
-    from detkit.engine.runner import train, evaluate
+    from detkit.engine.runner import train
+    from detkit.evaluation.run import evaluate
 
 Names are imported on first use, so ``import detkit.engine`` stays cheap.
 """
@@ -30,7 +32,7 @@ _WHERE = {
     "build_optimizer": "detkit.engine.optim",
     "build_scheduler": "detkit.engine.optim",
     "train": "detkit.engine.runner",
-    "evaluate": "detkit.engine.runner",
+    "evaluate": "detkit.evaluation.run",
 }
 
 

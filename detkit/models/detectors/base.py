@@ -39,6 +39,14 @@ class DetectorBase(nn.Module):
         if self.training and targets is None:
             raise ValueError(f"{type(self).__name__} in training mode needs targets (call model.eval() to detect)")
 
+    def targets_from_metas(self, targets, metas):
+        """Eval-mode ``metas`` (one image meta per image, see docs/architecture.md) as the targets
+        the detectors read metas from today. A stop-gap so the evaluation loop can pass metas
+        already; issue 14's detector rework makes ``metas`` the detectors' own argument."""
+        if metas is None or targets is not None or self.training:
+            return targets
+        return [{"meta": meta} if meta is not None else {} for meta in metas]
+
     @staticmethod
     def map_to_original(detections: list[dict], targets: Sequence[Mapping] | None) -> list[dict]:
         """Boxes from input pixels to original-image pixels, for every target that carries a meta."""

@@ -177,7 +177,9 @@ class RCNN(DetectorBase):
         return self.head.mode
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward(self, images: Tensor, targets: Sequence[Mapping] | None = None):
+    def forward(self, images: Tensor, targets: Sequence[Mapping] | None = None,
+                metas: Sequence[Mapping] | None = None):
+        targets = self.targets_from_metas(targets, metas)
         self.check_inputs(images, targets)
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
         cap = self.max_proposals_train if self.training else self.max_proposals_test

@@ -113,7 +113,9 @@ class YOLOv1(DetectorBase):
         return self.head.num_boxes
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, targets: Sequence[Mapping] | None = None):
+    def forward(self, images: torch.Tensor, targets: Sequence[Mapping] | None = None,
+                metas: Sequence[Mapping] | None = None):
+        targets = self.targets_from_metas(targets, metas)
         self.check_inputs(images, targets)
         predictions = self.predict_grid(images)
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
