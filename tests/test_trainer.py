@@ -3,7 +3,7 @@ logging, checkpoint files and plots.
 
 Also defines the tiny detector and data set that test_runner.py / test_distributed.py / the train
 benchmark register in-process (``TinyDet``, ``TinyDataset``): they honour the contracts of
-docs/architecture.md (targets with meta, detections mapped to original pixels when targets are given).
+docs/architecture.md (targets with meta, detections mapped to original pixels when metas are given).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class TinyDet(nn.Module):
         self.head = nn.Linear(width, 4 + num_classes)
         self.nan_ids = set(nan_ids)
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, metas=None):
         n, _, h, w = images.shape
         feats = torch.relu(self.norm(self.conv(images))).mean(dim=(2, 3))
         out = self.head(self.drop(feats))
@@ -67,8 +67,8 @@ class TinyDet(nn.Module):
         dets = []
         for i in range(n):
             b = boxes[i : i + 1].repeat(self.num_classes, 1)
-            if targets is not None:
-                b = boxes_to_original(b, targets[i]["meta"])
+            if metas is not None:
+                b = boxes_to_original(b, metas[i])
             dets.append({"boxes": b, "scores": probs[i], "labels": torch.arange(self.num_classes)})
         return dets
 
@@ -456,7 +456,7 @@ def test_checkpoint_hook_keeps_last_k_and_links_best(tmp_path):
         def after_epoch(self, trainer):
             trainer.eval_metrics = {"voc07_ap50": scores[trainer.epochs_done]}
 
-    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.checkpoint import load_checkpoint
     from detkit.engine.hooks import BestMetricHook
 
     saved_weights = {}

@@ -1,7 +1,7 @@
-"""Training and evaluation engine: the trainer loop, hooks, checkpoints, optimisers, distributed
-helpers and the ``detkit train`` / ``detkit eval`` runners.
+"""Training and evaluation engine: the trainer loop, hooks, optimisers, distributed helpers and the
+``detkit train`` / ``detkit eval`` runners (checkpoint files: :mod:`detkit.checkpoint`).
 
-    from detkit.engine import Trainer, Hook, save_checkpoint, load_checkpoint
+    from detkit.engine import Trainer, Hook
     from detkit.engine.runner import train, evaluate
 
 Names are imported on first use, so ``import detkit.engine`` stays cheap.
@@ -14,8 +14,6 @@ import importlib
 __all__ = [
     "Trainer",
     "Hook",
-    "save_checkpoint",
-    "load_checkpoint",
     "build_optimizer",
     "build_scheduler",
     "train",
@@ -25,8 +23,6 @@ __all__ = [
 _WHERE = {
     "Trainer": "detkit.engine.trainer",
     "Hook": "detkit.engine.hooks",
-    "save_checkpoint": "detkit.engine.checkpoint",
-    "load_checkpoint": "detkit.engine.checkpoint",
     "build_optimizer": "detkit.engine.optim",
     "build_scheduler": "detkit.engine.optim",
     "train": "detkit.engine.runner",

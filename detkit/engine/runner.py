@@ -77,7 +77,7 @@ import torch
 
 from detkit.config import config_name, dump_config
 from detkit.engine import dist as dist_utils
-from detkit.engine.checkpoint import (
+from detkit.checkpoint import (
     CHECKPOINT_FORMAT,
     is_full_checkpoint,
     load_checkpoint,
@@ -94,7 +94,7 @@ from detkit.engine.hooks import (
     stderr_is_terminal,
 )
 from detkit.engine.optim import build_optimizer, build_scheduler, check_keys
-from detkit.engine.trainer import Trainer, move_targets
+from detkit.engine.trainer import Trainer
 from detkit.errors import CheckpointError, ConfigError
 from detkit.structures import boxes_to_original
 
@@ -362,7 +362,7 @@ def run_evaluation(model: torch.nn.Module, loader, evaluator, device: torch.devi
                    desc: str = "eval") -> dict | None:
     """Run ``model`` in eval mode over ``loader`` and score it with ``evaluator``.
 
-    Detections are requested with the targets (so they come back in original-image pixels) and
+    Detections are requested with the images' metas (so they come back in original-image pixels) and
     compared with the ground truth mapped back to original pixels. Under DDP every rank scores its
     shard; rank 0 gathers the evaluator states and computes. Returns the metrics on rank 0 and
     ``None`` on the other ranks; afterwards rank 0's ``evaluator`` holds every image (for results
@@ -386,7 +386,7 @@ def run_evaluation(model: torch.nn.Module, loader, evaluator, device: torch.devi
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=getattr(amp, "dtype", torch.bfloat16),
                                 enabled=bool(getattr(amp, "enabled", False))):
-                detections = module(images, move_targets(targets, device))
+                detections = module(images, metas=[t.get("meta") for t in targets])
             detections = [{k: v.detach().float().cpu() if k != "labels" else v.detach().cpu()
                            for k, v in d.items() if k in ("boxes", "scores", "labels")} for d in detections]
             evaluator.update(detections, original_targets(targets))

@@ -53,7 +53,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from detkit.engine import checkpoint as ckpt_io
+from detkit import checkpoint as ckpt_io
 from detkit.engine.dist import all_true, epoch_seed, get_rank, set_loader_epoch
 from detkit.engine.optim import resolve_amp
 from detkit.errors import CheckpointError, ConfigError, DetkitError
@@ -355,7 +355,7 @@ class Trainer:
 
     # -- checkpoint state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything a resumed run needs (weights-only-safe; see detkit.engine.checkpoint)."""
+        """Everything a resumed run needs (weights-only-safe; see detkit.checkpoint)."""
         state = {
             "format": ckpt_io.CHECKPOINT_FORMAT,
             "version": ckpt_io.CHECKPOINT_VERSION,
