@@ -16,7 +16,7 @@ import torch
 from test_trainer import TinyDataset, TinyDet
 
 from detkit import registry
-from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from detkit.checkpoint import load_checkpoint, save_checkpoint
 from detkit.engine.dist import ShardSampler, init_distributed
 from detkit.engine.hooks import Hook
 from detkit.errors import ConfigError
@@ -48,9 +48,8 @@ class RectFinder(torch.nn.Module):
             key = float(image.sum()) * 0.37
             s_true, s_false = 0.5 + 0.4 * (key % 1.0), 0.5 + 0.4 * ((key * 1.7) % 1.0)
             boxes = torch.stack([box, shifted, box])
-            meta = metas[i] if metas is not None else targets[i]["meta"] if targets is not None else None
-            if meta is not None:
-                boxes = boxes_to_original(boxes, meta)
+            if metas is not None:
+                boxes = boxes_to_original(boxes, metas[i])
             out.append({"boxes": boxes, "scores": torch.tensor([s_true, s_false, 0.2]) * self.gain.detach(),
                         "labels": torch.tensor([label, label, 1 - label])})
         return out
@@ -84,7 +83,7 @@ class SaveWeights(Hook):
         self.path = path
 
     def after_train(self, trainer):
-        from detkit.engine.checkpoint import unwrap_model
+        from detkit.checkpoint import unwrap_model
 
         torch.save(unwrap_model(trainer.model).state_dict(), self.path)
 

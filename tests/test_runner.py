@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from test_trainer import TinyDataset, TinyDet
 
 from detkit import registry
-from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from detkit.checkpoint import load_checkpoint, save_checkpoint
 from detkit.engine.hooks import Hook
 from detkit.engine.runner import train
 from detkit.errors import CheckpointError, ConfigError

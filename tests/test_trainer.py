@@ -69,9 +69,8 @@ class TinyDet(nn.Module):
         dets = []
         for i in range(n):
             b = boxes[i : i + 1].repeat(self.num_classes, 1)
-            meta = metas[i] if metas is not None else targets[i]["meta"] if targets is not None else None
-            if meta is not None:
-                b = boxes_to_original(b, meta)
+            if metas is not None:
+                b = boxes_to_original(b, metas[i])
             dets.append({"boxes": b, "scores": probs[i], "labels": torch.arange(self.num_classes)})
         return dets
 
@@ -471,7 +470,7 @@ def test_checkpoint_hook_keeps_last_k_and_links_best(tmp_path):
         def after_epoch(self, trainer):
             trainer.eval_metrics = {"voc07_ap50": scores[trainer.epochs_done]}
 
-    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.checkpoint import load_checkpoint
     from detkit.engine.hooks import BestMetricHook
 
     saved_weights = {}

@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from detkit.device import select_device
 from detkit.errors import ConfigError
 
 __all__ = [
@@ -65,7 +66,6 @@ __all__ = [
     "broadcast_from_main",
     "all_true",
     "ShardSampler",
-    "select_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,22 +93,6 @@ class DistInfo:
 
 def torchrun_env_present() -> bool:
     return all(v in os.environ for v in _TORCHRUN_VARS)
-
-
-def select_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
-    """``None`` = CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
-    if device is None or device == "":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, ...)") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def init_distributed(launcher: str = "none", device: str | torch.device | None = None,

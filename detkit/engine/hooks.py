@@ -43,7 +43,7 @@ from typing import Callable
 
 import torch
 
-from detkit.engine.checkpoint import link_or_copy, save_checkpoint
+from detkit.checkpoint import link_or_copy, save_checkpoint
 from detkit.engine.dist import get_world_size
 from detkit.engine.run_logging import stderr_is_terminal
 from detkit.errors import ConfigError

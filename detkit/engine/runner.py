@@ -44,9 +44,9 @@ from pathlib import Path
 
 import torch
 
+from detkit.checkpoint import is_full_checkpoint, load_checkpoint, load_model_weights
 from detkit.config import config_name, dump_config
 from detkit.engine import dist as dist_utils
-from detkit.engine.checkpoint import is_full_checkpoint, load_checkpoint, load_model_weights
 from detkit.engine.hooks import (
     BestMetricHook,
     CheckpointHook,

@@ -51,7 +51,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from detkit.engine import checkpoint as ckpt_io
+from detkit import checkpoint as ckpt_io
 from detkit.engine.dist import all_true, get_rank
 from detkit.engine.optim import resolve_amp
 from detkit.errors import CheckpointError, ConfigError, DetkitError
@@ -350,7 +350,7 @@ class Trainer:
 
     # -- checkpoint state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything a resumed run needs (weights-only-safe; see detkit.engine.checkpoint)."""
+        """Everything a resumed run needs (weights-only-safe; see detkit.checkpoint)."""
         state = {
             "format": ckpt_io.CHECKPOINT_FORMAT,
             "version": ckpt_io.CHECKPOINT_VERSION,

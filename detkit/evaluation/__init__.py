@@ -8,7 +8,7 @@ metrics), ``builder`` (``build_evaluators``), ``table`` (``format_table``), ``lo
     from detkit.evaluation import build_evaluators, format_table
     ev = build_evaluators("all", class_names)       # or VOCEvaluator(...), COCOEvaluator(...)
     for images, targets in loader:
-        ev.update(model(images, targets), targets)
+        ev.update(model(images), targets)            # both in input pixels (or pass metas=)
     metrics = ev.compute()                           # voc07_ap50, voc_ap50, coco_ap, ..., per_class
     print(format_table(metrics))
 

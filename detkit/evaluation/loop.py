@@ -1,8 +1,8 @@
 """The evaluation loop: a detector over a data set's loader, scored by an evaluator.
 
 Used during training (the EvalHook of ``detkit train``) and by ``detkit eval``; both get the same
-numbers for the same weights. The detector gets each image's meta (``forward(images, metas=...)``)
-so its detections come back in original-image pixels, and they are compared with the ground truth
+numbers for the same weights. The detector gets each image's meta (``forward(images, metas=...)``,
+the data sets put the ``image_id`` in it too) so its detections come back in original-image pixels, and they are compared with the ground truth
 mapped back to original pixels (:func:`original_targets`). Under DDP every rank scores its shard
 (:func:`build_eval_loader`: contiguous, no padding) and rank 0 gathers and computes.
 """
@@ -18,7 +18,7 @@ from detkit.engine import dist as dist_utils
 from detkit.engine.run_logging import stderr_is_terminal
 from detkit.structures import boxes_to_original
 
-__all__ = ["run_evaluation", "original_targets", "build_eval_loader", "coco_options", "image_metas"]
+__all__ = ["run_evaluation", "original_targets", "build_eval_loader", "coco_options"]
 
 
 def original_targets(targets: Sequence[Mapping]) -> list[dict]:
@@ -34,18 +34,6 @@ def original_targets(targets: Sequence[Mapping]) -> list[dict]:
                 item[key] = t[key].cpu()
         out.append(item)
     return out
-
-
-def image_metas(targets: Sequence[Mapping]) -> list[dict | None]:
-    """Each image's meta for the detector, with the target's ``image_id`` added: R-CNN's precomputed
-    proposals may be keyed by it, and it names the image in errors."""
-    metas = []
-    for t in targets:
-        meta = t.get("meta")
-        if meta is not None and t.get("image_id") is not None:
-            meta = {**meta, "image_id": t["image_id"]}
-        metas.append(meta)
-    return metas
 
 
 def _eval_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -83,7 +71,7 @@ def run_evaluation(model: torch.nn.Module, loader, evaluator, device: torch.devi
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=getattr(amp, "dtype", torch.bfloat16),
                                 enabled=bool(getattr(amp, "enabled", False))):
-                detections = module(images, metas=image_metas(targets))
+                detections = module(images, metas=[t.get("meta") for t in targets])
             detections = [{k: v.detach().float().cpu() if k != "labels" else v.detach().cpu()
                            for k, v in d.items() if k in ("boxes", "scores", "labels")} for d in detections]
             evaluator.update(detections, original_targets(targets))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from detkit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model_weights
 from detkit.engine import dist as dist_utils
-from detkit.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model_weights
 from detkit.engine.run_logging import run_logging
 from detkit.errors import ConfigError
 from detkit.evaluation.builder import build_evaluators

@@ -247,7 +247,7 @@ def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, cl
 
     from tqdm import tqdm
 
-    from detkit.inference.draw import draw_detections
+    from detkit.draw import draw_detections
     from detkit.inference.predictor import Predictor
     from detkit.inference.sources import open_source
 
