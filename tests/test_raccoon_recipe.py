@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_short_raccoon_schedule_beats_the_untrained_model(raccoon_root, tmp_path):
     require_component("backbones", "efficientnet_lite0", "detkit-efficientnet-lite")
     from detkit.config import load_config
-    from detkit.engine.runner import evaluate, train
+    from detkit.engine.runner import train
+    from detkit.evaluation.run import evaluate
     from detkit.models.builder import build_detector
 
     cfg = load_config(REPO / "configs" / "yolov1_raccoon_lite0.py", [

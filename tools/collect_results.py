@@ -31,6 +31,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from detkit.evaluation.names import HEADLINE_KEYS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_sections import load_records, update_section, write_record  # noqa: E402
 
@@ -48,7 +50,7 @@ RECIPES = [
     ("rcnn_raccoon_lite0", "work_dirs/rcnn_raccoon_lite0",
      "`detkit train configs/rcnn_raccoon_lite0.py`", "same, selective search"),
 ]
-METRICS = ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75")
+METRICS = HEADLINE_KEYS  # the table's metric columns, in order
 FINISHED = re.compile(r"training finished: (\d+) epoch\(s\) in (\d+):(\d+):(\d+)")
 
 
