@@ -264,6 +264,25 @@ def test_the_classifiers_backbone_is_a_detectors_pretrained_backbone(crops, tmp_
     assert not torch.equal(fresh.backbone.state_dict()["layer1.0.conv1.weight"], own["layer1.0.conv1.weight"])
 
 
+def test_a_grey_classifiers_backbone_serves_an_rgb_detector(tmp_path):
+    from detkit.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+
+    torch.manual_seed(0)
+    grey = classifier({"type": "lenet5", "in_channels": 1})
+    path = save_checkpoint(tmp_path / "grey.pth", {"format": CHECKPOINT_FORMAT, "model": grey.state_dict()})
+    detector = build_detector({"type": "yolov1", "backbone": {"type": "lenet5", "pretrained": str(path)},
+                               "head": {"type": "yolov1", "grid_size": 4, "mode": "conv", "num_convs": 1,
+                                        "conv_channels": 8},
+                               "loss": {"type": "yolov1_loss"}, "postprocessor": {"type": "batched_nms"}}, ["a"])
+    # the first conv takes RGB: the grey kernel repeated over 3 channels and divided by 3, so an image
+    # whose channels are equal gives the grey response; every other tensor is the classifier's
+    torch.testing.assert_close(detector.backbone.c1.weight, grey.backbone.c1.weight.repeat(1, 3, 1, 1) / 3)
+    assert torch.equal(detector.backbone.c3.weight, grey.backbone.c3.weight)
+    image = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(detector.backbone.c1(image.repeat(1, 3, 1, 1)), grey.backbone.c1(image))
+
+
 def test_cli_classify_train_and_eval(crops, tmp_path):
     config = tmp_path / "cls.py"
     config.write_text(f"cfg = {classify_cfg(crops, epochs=1)!r}\nmodel, data, train, eval = "
