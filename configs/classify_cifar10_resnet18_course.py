@@ -1,5 +1,7 @@
-# ResNet-18 on CIFAR-10, the course's small-image recipe: 32x32 inputs, pad-4 random crops and flips,
-# SGD with momentum 0.9, weight decay 5e-4, cosine schedule.
+# The course's ResNet-18 on CIFAR-10: d2l.resnet18 (resnet18_d2l, its small-image stem: conv 3x3/1 and
+# no max-pool, so a 32x32 image reaches layer4 at 4x4; the book's Kaggle CIFAR-10 chapter uses this net)
+# with global average pooling + fc. Recipe: the common CIFAR one rather than the book's (pad-4 random
+# crops and flips, SGD momentum 0.9, lr 0.1, weight decay 5e-4, cosine over 30 epochs).
 # Data: the python version of CIFAR-10 (data_batch_1..5, test_batch, batches.meta) in
 # data/cifar-10-batches-py/ (or its parent folder); nothing is downloaded.
 #   detkit classify train configs/classify_cifar10_resnet18_course.py
@@ -7,7 +9,7 @@ _base_ = ["_base_/schedules/sgd_cosine.py"]
 
 model = dict(
     type="image_classifier",
-    backbone=dict(type="resnet18"),
+    backbone=dict(type="resnet18_d2l", stem="small"),
     head=dict(type="cls_head"),  # global average pool + fc, as ResNet's own classifier
     loss=dict(type="cross_entropy"),
 )

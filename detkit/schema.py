@@ -24,10 +24,11 @@ from typing import Any
 
 from detkit.errors import ConfigError
 from detkit.evaluation.names import EVAL_DEFAULTS as TASK_EVAL_DEFAULTS
-from detkit.evaluation.names import TASKS, metric_keys
+from detkit.evaluation.names import check_task, metric_keys
 
 __all__ = ["TRAIN_KEYS", "EVAL_KEYS", "TRAIN_DEFAULTS", "EVAL_DEFAULTS", "SECTION_DEFAULTS", "fill_defaults",
-           "section_defaults", "check_keys", "check_choice", "check_value", "resolve_train_config", "resolve_eval_config", "resolve_config"]
+           "section_defaults", "check_keys", "check_choice", "check_value", "resolve_train_config",
+           "resolve_eval_config", "resolve_config"]
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,9 @@ EVAL_DEFAULTS = {key: spec.default for key, spec in EVAL_KEYS.items()}
 SECTION_DEFAULTS = {"train": TRAIN_DEFAULTS, "eval": EVAL_DEFAULTS}
 
 
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; detkit knows: {', '.join(TASKS)}")
-
-
 def section_defaults(task: str = "detection") -> dict:
     """section -> key -> default for a run of ``task`` (``"detection"`` or ``"classification"``)."""
-    _check_task(task)
+    check_task(task)
     return {"train": TRAIN_DEFAULTS, "eval": {**EVAL_DEFAULTS, **TASK_EVAL_DEFAULTS[task]}}
 
 

@@ -9,6 +9,7 @@ hand-off, an uninterrupted run for resume.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,8 @@ from detkit.schema import resolve_config
 from detkit.tasks import CLASSIFICATION, task_of_config
 
 from test_runner import CrashAfterEpoch, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------------
 # Metrics
@@ -170,13 +173,18 @@ def test_the_courses_fully_connected_classifiers():
                                                    "dropout": 0.5})
     assert [type(m).__name__ for m in alexnet.head.hidden] == ["Linear", "ReLU", "Dropout"] * 2
     assert alexnet.head.hidden[0].in_features == 256 * 6 * 6
-    grey = classifier({"type": "lenet5", "in_channels": 1},
-                      head={"type": "cls_head", "pool_size": 7, "hidden_dims": [120, 84], "norm": True,
-                            "activation": "sigmoid"}).eval()
-    assert grey.head.hidden[0].in_features == 120 * 7 * 7
+    # the course's BN-LeNet (configs/classify_fashion_mnist_lenet.py): Flatten, 120, BN, sigmoid, 84, BN,
+    # sigmoid, 10 on the encoder's 16x4x4 map of a 28x28 image
+    cfg = load_config(REPO / "configs" / "classify_fashion_mnist_lenet.py")
+    grey = build_model(cfg["model"], [f"k{i}" for i in range(10)], group="classifiers").eval()
+    assert grey.backbone.feature_sizes(28) == [(4, 4)] and grey.backbone.in_channels == 1
+    assert [type(m).__name__ for m in grey.head.hidden] == ["Linear", "BatchNorm1d", "Sigmoid"] * 2
+    assert [grey.head.hidden[0].in_features, grey.head.hidden[0].out_features, grey.head.fc.in_features] == \
+        [16 * 4 * 4, 120, 84]
     image = torch.rand(1, 1, 28, 28)
     with torch.no_grad():  # a grey backbone sees RGB as its luma: three equal channels give the grey image
         torch.testing.assert_close(grey.logits(image.repeat(1, 3, 1, 1)), grey.logits(image))
+        assert grey.logits(image).shape == (1, 10)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,9 +259,8 @@ def test_the_classifiers_backbone_is_a_detectors_pretrained_backbone(crops, tmp_
     cfg["model"]["backbone"] = {"type": "resnet18", "out_indices": [1]}
     run = train(cfg, work_dir=tmp_path / "cls", device="cpu", task=CLASSIFICATION)
     trained = load_checkpoint(run["last_checkpoint"])["model"]
-    detector_cfg = load_config(
-        __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "yolov1_shapes_resnet18.py",
-        [f"model.backbone.pretrained={run['last_checkpoint']}"])
+    detector_cfg = load_config(REPO / "configs" / "yolov1_shapes_resnet18.py",
+                               [f"model.backbone.pretrained={run['last_checkpoint']}"])
     detector = build_detector(detector_cfg["model"], ["circle", "square"])
     own = detector.backbone.state_dict()
     backbone_keys = [k[len("backbone."):] for k in trained if k.startswith("backbone.")]

@@ -265,8 +265,8 @@ class LoggerHook(Hook):
     (``{"type": "train", "epoch", "iter", "lr", "loss", "loss_*", stats, "time", "data_time",
     "img_per_s", "eta_s"}``) and one per epoch (``{"type": "epoch", "epoch", "iter", "lr",
     epoch-mean losses, "skipped_batches", "epoch_time_s"}`` plus, when evaluated, the eval keys
-    ``voc07_ap50 voc_ap50 coco_ap coco_ap50 coco_ap75`` (a classifier: ``top1 top5``) and ``per_class``; ``skipped_samples`` when
-    the loader counts unreadable samples it skipped). On resume, records after
+    ``voc07_ap50 voc_ap50 coco_ap coco_ap50 coco_ap75`` (a classifier's: ``top1 top5``) and
+    ``per_class``; ``skipped_samples`` when the loader counts unreadable samples it skipped). On resume, records after
     the checkpoint's iteration are dropped so the file reads like one uninterrupted run.
     TensorBoard events go to ``tensorboard_dir`` if ``tensorboard`` is installed (silently skipped
     otherwise). Register on rank 0 only.

@@ -17,7 +17,7 @@ from detkit.errors import ConfigError
 
 __all__ = ["METRIC_KEYS", "METRICS", "TASK_METRICS", "TASKS", "ALL", "VOC_METRICS", "COCO_STAT_KEYS",
            "TOPK", "SUMMARY_KEYS", "HEADLINE_KEYS", "CLASSIFICATION_HEADLINE_KEYS", "EPOCH_KEYS",
-           "EVAL_DEFAULTS", "expand_metrics", "metric_keys"]
+           "EVAL_DEFAULTS", "check_task", "expand_metrics", "metric_keys"]
 
 # the metrics one VOCEvaluator computes from one matching pass (11-point VOC2007, area VOC2010+)
 VOC_METRICS = ("voc07", "voc")
@@ -62,7 +62,8 @@ CLASSIFICATION_HEADLINE_KEYS = tuple(f"top{k}" for k in TOPK)
 EPOCH_KEYS = HEADLINE_KEYS + CLASSIFICATION_HEADLINE_KEYS
 
 
-def _check_task(task: str) -> None:
+def check_task(task: str) -> None:
+    """A task name detkit knows (``detection``, ``classification``), else ValueError."""
     if task not in TASK_METRICS:
         raise ValueError(f"unknown task {task!r}; detkit knows: {', '.join(TASKS)}")
 
@@ -70,7 +71,7 @@ def _check_task(task: str) -> None:
 def expand_metrics(metric, task: str = "detection") -> list[str]:
     """``'voc07' | 'voc' | 'coco' | 'all'`` (detection) or ``'accuracy' | 'all'`` (classification), or a
     list of these -> the metric names, without repeats."""
-    _check_task(task)
+    check_task(task)
     own = TASK_METRICS[task]
     names = [metric] if isinstance(metric, str) else list(metric or [])
     choices = ", ".join((*own, ALL))
