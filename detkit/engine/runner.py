@@ -695,34 +695,41 @@ def _log_summary(trainer: Trainer, work_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metrics_out=None,
+def evaluate(cfg: Mapping | None, checkpoint, *, metric="all", split: str = "val", metrics_out=None,
              results_out=None, device=None, batch_size: int | None = None, unsafe_load: bool = False,
-             launcher: str = "none") -> dict | None:
+             launcher: str = "none", data=None, overrides=()) -> dict | None:
     """Evaluate ``checkpoint`` on ``data.<split>``; prints the table, writes ``metrics_out``
     (metrics JSON) and ``results_out`` (COCO results JSON). Returns the metrics (``None`` on
-    ranks other than 0 under torchrun)."""
-    from detkit.data.builder import build_dataset
-    from detkit.evaluation import build_evaluators, format_table, to_coco_results
-    from detkit.models.builder import build_detector
+    ranks other than 0 under torchrun).
 
-    if not isinstance(cfg, Mapping) or "model" not in cfg:
+    ``checkpoint`` is any model file :func:`detkit.deploy.backends.load_model` runs (a checkpoint,
+    an ONNX or TorchScript export); ``cfg`` (``None``: the one the file stores, changed by the
+    ``--set`` items in ``overrides``) and ``data`` (a config whose ``data`` section replaces the model
+    config's) say what to evaluate on."""
+    from detkit.data.builder import build_dataset
+    from detkit.deploy.backends import load_model
+    from detkit.deploy.loading import with_data
+    from detkit.evaluation import build_evaluators, format_table, to_coco_results
+
+    if cfg is not None and (not isinstance(cfg, Mapping) or "model" not in cfg):
         raise ConfigError("config has no 'model' section")
-    tcfg = resolve_train_config(cfg.get("train"))
-    ecfg = resolve_eval_config(cfg.get("eval"), tcfg)
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
     metric_keys(metric)  # validates the name before anything heavy happens
     info = dist_utils.init_distributed(launcher, device)
     try:
         with run_logging(None, info.rank):
-            ckpt = load_checkpoint(checkpoint, map_location="cpu", unsafe=unsafe_load)
+            # conf=None: evaluation keeps the config's low score threshold, which mAP needs.
+            loaded = load_model(checkpoint, cfg, device=info.device, conf=None, unsafe_load=unsafe_load,
+                                overrides=overrides)
+            cfg = with_data(loaded.cfg, data)
+            tcfg = resolve_train_config(cfg.get("train"))
+            ecfg = resolve_eval_config(cfg.get("eval"), tcfg)
             dataset = build_dataset(cfg, split)
-            class_names = tuple(ckpt.get("class_names") or (cfg.get("data") or {}).get("classes")
-                                or dataset.classes)
-            _check_same_classes(class_names, dataset.classes, f"checkpoint {checkpoint}", f"data.{split}")
-            model = build_detector(cfg["model"], class_names)
-            load_model_weights(model, ckpt, source=str(checkpoint))
-            model.to(info.device).eval()
+            class_names = loaded.class_names
+            _check_same_classes(class_names, dataset.classes, f"model {checkpoint}", f"data.{split}")
+            model = loaded.model
+            ckpt = loaded.checkpoint or {}
             loader = _eval_loader(dataset, batch_size or ecfg["batch_size"], ecfg["num_workers"],
                                   tcfg["bad_sample"])
             evaluator = build_evaluators(metric, class_names, coco_options=_coco_options(dataset))
