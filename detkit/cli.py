@@ -127,10 +127,11 @@ def config():
 @set_option
 @_friendly_errors
 def config_show(config_file, overrides):
-    """Print the fully resolved config (bases merged, overrides applied) as JSON."""
+    """Print the config a run uses as JSON: bases merged, overrides applied, defaults filled in."""
     from detkit.config import dump_config
+    from detkit.schema import fill_defaults
 
-    click.echo(dump_config(_load(config_file, overrides)))
+    click.echo(dump_config(fill_defaults(_load(config_file, overrides))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def eval_cmd(args, data_config, metric, split, metrics_out, results_out, device,
              overrides):
     """Evaluate MODEL (a checkpoint, .onnx or TorchScript file) on a split of its data and print VOC /
     COCO metrics. CONFIG replaces the config a checkpoint stores; --data CONFIG takes only the data."""
-    from detkit.engine.runner import evaluate
+    from detkit.evaluation.run import evaluate
 
     config_file, model = _split_model_args(args, (), "detkit eval [CONFIG] MODEL [--data CONFIG]")
     cfg = _load(config_file, overrides) if config_file else None

@@ -167,7 +167,7 @@ def test_grey_backbone_trains_evaluates_and_predicts_from_rgb_data(kind, shapes,
     from detkit.data.loader import build_dataloader
     from detkit.data.shapes import ShapesDataset
     from detkit.data.transforms import build_transforms
-    from detkit.engine.runner import run_evaluation
+    from detkit.evaluation.loop import run_evaluation
     from detkit.evaluation.voc import VOCEvaluator
     from detkit.inference.predictor import Predictor
 

@@ -92,7 +92,8 @@ def _worker(rank: int, ports: list, out: str, ckpt: str) -> None:
     # What torchrun exports for each process.
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from detkit.engine.runner import evaluate, train
+    from detkit.engine.runner import train
+    from detkit.evaluation.run import evaluate
 
     with registry.register("detectors", "tiny_test_det", TinyDet), \
             registry.register("detectors", "rect_finder_test", RectFinder), \
@@ -130,7 +131,7 @@ def test_launcher_torchrun_without_its_environment_is_an_error(monkeypatch):
 
 
 def test_two_gloo_processes_evaluate_like_one_and_train_in_sync(tmp_path):
-    from detkit.engine.runner import evaluate
+    from detkit.evaluation.run import evaluate
 
     ckpt = save_checkpoint(tmp_path / "model.pth", {"model": RectFinder(2).state_dict(), "class_names": CLASSES})
 
@@ -180,7 +181,7 @@ def test_two_gloo_processes_evaluate_like_one_and_train_in_sync(tmp_path):
 
 
 def test_loader_without_set_epoch_gets_its_generator_reseeded_per_epoch():
-    from detkit.engine.dist import set_loader_epoch
+    from detkit.seeding import set_loader_epoch
 
     loader = torch.utils.data.DataLoader(list(range(20)), batch_size=20, shuffle=True,
                                          generator=torch.Generator())

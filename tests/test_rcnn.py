@@ -513,7 +513,7 @@ def test_short_training_on_shapes_raises_voc_map_well_above_the_untrained_model(
     from detkit.data.loader import build_dataloader
     from detkit.data.shapes import ShapesDataset, make_shapes
     from detkit.data.transforms import build_transforms
-    from detkit.engine.runner import run_evaluation
+    from detkit.evaluation.loop import run_evaluation
     from detkit.evaluation.voc import VOCEvaluator
 
     size, iterations = 96, 1000

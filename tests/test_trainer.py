@@ -19,6 +19,8 @@ from torch import nn
 
 from detkit.engine.hooks import CheckpointHook, Hook, IterTimerHook, LoggerHook, PlotHook
 from detkit.engine.trainer import NonFiniteLossError, Trainer
+from detkit.errors import ConfigError
+from detkit.schema import resolve_train_config
 from detkit.structures import boxes_to_original
 
 
@@ -229,6 +231,18 @@ def test_gradient_accumulation_equals_one_step_on_the_mean_gradient():
     # the tail window has one batch: scaled by 1/1, not 1/2
     torch.testing.assert_close(model.w.detach(), mid - 0.1 * ref.w.grad)
     assert steps == [1, 2]
+
+
+@pytest.mark.parametrize("key, value", [("nan_policy", "ignore"), ("accumulate", 0), ("grad_clip", -1.0),
+                                        ("amp_dtype", "fp8")])
+def test_trainer_arguments_fail_like_the_config_keys(key, value):
+    # one schema: a Trainer built from Python rejects what a config would, with the same message
+    with pytest.raises(ConfigError) as from_config:
+        resolve_train_config({key: value})
+    model = TinyDet(2)
+    with pytest.raises(ConfigError) as from_trainer:
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), make_loader(), max_epochs=1, **{key: value})
+    assert str(from_trainer.value) == str(from_config.value)
 
 
 def test_grad_clip_limits_the_global_norm():

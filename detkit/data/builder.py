@@ -1,4 +1,4 @@
-"""Build datasets from the ``data`` section of a config.
+"""Build datasets from the ``data`` section of a config, with the one class list it states.
 
 Layout::
 
@@ -10,6 +10,8 @@ Layout::
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from detkit import registry
 from detkit.errors import ConfigError
@@ -27,3 +29,12 @@ def build_dataset(cfg: dict, split: str):
     if data.get("classes"):
         defaults["classes"] = tuple(data["classes"])
     return registry.build("datasets", data[split], path=f"data.{split}", **defaults)
+
+
+def check_same_classes(a: Sequence[str], b: Sequence[str], what_a: str, what_b: str) -> None:
+    """Two class lists that must agree (training vs validation data, a checkpoint vs the data)."""
+    if tuple(a) != tuple(b):
+        raise ConfigError(
+            f"{what_a} has classes {list(a)} but {what_b} has {list(b)}; labels would not match "
+            "(set data.classes to the same list)"
+        )

@@ -1,8 +1,10 @@
-"""Training and evaluation engine: the trainer loop, hooks, optimisers, distributed helpers and the
-``detkit train`` / ``detkit eval`` runners (checkpoint files: :mod:`detkit.checkpoint`).
+"""Training engine: the trainer loop, hooks, optimisers, distributed helpers, run logging, the run
+directory and the ``detkit train`` runner (checkpoint files: :mod:`detkit.checkpoint`; ``detkit eval``:
+:mod:`detkit.evaluation.run`, ``evaluate`` stays importable from here).
 
     from detkit.engine import Trainer, Hook
-    from detkit.engine.runner import train, evaluate
+    from detkit.engine.runner import train
+    from detkit.evaluation.run import evaluate
 
 Names are imported on first use, so ``import detkit.engine`` stays cheap.
 """
@@ -26,7 +28,7 @@ _WHERE = {
     "build_optimizer": "detkit.engine.optim",
     "build_scheduler": "detkit.engine.optim",
     "train": "detkit.engine.runner",
-    "evaluate": "detkit.engine.runner",
+    "evaluate": "detkit.evaluation.run",
 }
 
 
