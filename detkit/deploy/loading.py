@@ -85,7 +85,8 @@ def load_detector(checkpoint: str | os.PathLike, config=None, *, overrides: Sequ
     except CheckpointError as exc:
         if config is None:
             raise
-        raise ConfigError(config_mismatch(name, cfg, stored, str(exc))) from exc
+        raise ConfigError(config_mismatch(name, cfg, stored, _misfit_counts(model.state_dict(), ckpt["model"]))) \
+            from exc
     # Stripped deployment checkpoints may hold fp16 weights: load_state_dict copied them into the
     # model's own float32 parameters, so the model itself is always full precision.
     return LoadedDetector(model.eval(), cfg, class_names, ckpt)
@@ -115,10 +116,17 @@ def _class_names(path, ckpt: Mapping, cfg: Mapping) -> tuple[str, ...]:
     return tuple(names)
 
 
-def config_mismatch(name: str, cfg: Mapping, stored: Mapping | None, load_error: str) -> str:
+def _misfit_counts(own: Mapping, state: Mapping) -> str:
+    shapes = sum(1 for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    counts = (("mis-shaped", shapes), ("missing", sum(k not in state for k in own)),
+              ("unexpected", sum(k not in own for k in state)))
+    return ", ".join(f"{n} {label}" for label, n in counts if n)
+
+
+def config_mismatch(name: str, cfg: Mapping, stored: Mapping | None, misfit: str) -> str:
     """One short line (< 300 characters) saying why ``cfg`` does not fit the weights of ``name``:
-    the differing model config values when the checkpoint stores its config, else a count of the
-    misfit weights."""
+    the differing model config values when the checkpoint stores its config, else ``misfit`` (the
+    counts of mis-shaped, missing and unexpected tensors)."""
     if stored is not None:
         ours, theirs = _flatten(cfg.get("model"), "model"), _flatten(stored.get("model"), "model")
         keys = [k for k in dict.fromkeys([*theirs, *ours])
@@ -130,9 +138,8 @@ def config_mismatch(name: str, cfg: Mapping, stored: Mapping | None, load_error:
             more = f" (+{len(keys) - 2} more)" if len(keys) > 2 else ""
             return _short(f"{name}: the config does not fit these weights: {'; '.join(shown)}{more}. "
                           f"Leave the config out to use the checkpoint's own")
-    counts = [part.split(":")[0].strip() for part in load_error.split("; ")]
-    return _short(f"{name}: the weights do not fit the model the config builds ({', '.join(c for c in counts if c)} "
-                  f"keys); leave the config out to use the checkpoint's own, if it stores one")
+    return _short(f"{name}: the weights do not fit the model the config builds ({misfit} tensors); leave the "
+                  f"config out to use the checkpoint's own, if it stores one")
 
 
 _MISSING = object()

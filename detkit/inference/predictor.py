@@ -109,8 +109,9 @@ class Predictor:
 
     @torch.inference_mode()
     def predict(self, images) -> list[Result]:
-        """One :class:`~detkit.inference.results.Result` per image (one image or a list of them)."""
-        single = isinstance(images, (str, Path, np.ndarray, torch.Tensor)) or _is_pil(images)
+        """One :class:`~detkit.inference.results.Result` per image (one image, or a list or tuple of
+        them)."""
+        single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         arrays = [as_rgb_array(x) for x in items]
         if not arrays:
