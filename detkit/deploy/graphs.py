@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from detkit.errors import ConfigError
-from detkit.ops.nms import BatchedNMS, batched_nms
+from detkit.ops.nms import batched_nms
+from detkit.ops.postprocess import BatchedNMS
 
 __all__ = ["PaddedBatchedNMS", "YOLOv1Graph", "RCNNGraph", "NMS_OUTPUTS", "build_graph"]
 

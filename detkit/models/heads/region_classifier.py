@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detkit.errors import ConfigError
-from detkit.models.detectors.base import is_capturing
+from detkit.ops.nms import exporting
 from detkit.ops.boxes import BoxCoder, clip_boxes
 
 __all__ = ["RegionClassifierHead", "dilate_for_context"]
@@ -205,7 +205,7 @@ class RegionClassifierHead(nn.Module):
     def _warped_features(self, images: Tensor, rois: Tensor, backbone) -> Tensor:
         # Chunks bound the memory of eager runs; a captured graph takes every crop at once (a loop
         # over a data-dependent count cannot be recorded).
-        chunk = rois.shape[0] if is_capturing() else self.warp_chunk
+        chunk = rois.shape[0] if exporting() else self.warp_chunk
         pieces = []
         for start in range(0, rois.shape[0], max(1, chunk)):
             crops = self.warp(images, rois[start:start + chunk])
