@@ -88,13 +88,14 @@ def postprocessor_overrides(cfg: Mapping, conf=None, iou=None, max_det=None) -> 
 
 def load_model(path: str | os.PathLike, config=None, *, device=None, conf: float | None = None,
                iou: float | None = None, max_det: int | None = None, unsafe_load: bool = False,
-               overrides: Sequence[str] = ()) -> LoadedModel:
+               overrides: Sequence[str] = (), threads: int | None = None) -> LoadedModel:
     """Load ``path`` (see the module docstring) on ``device`` (default: CUDA if available).
 
     ``config`` (a path or dict) replaces a checkpoint's stored config; exported files carry their own
     and take none. ``conf`` / ``iou`` / ``max_det`` set the postprocessor's score threshold, IoU and
     detections per image where it runs in Python; a graph with NMS inside has them fixed at export,
     so a different ``iou`` / ``max_det`` is an error there (``conf`` still filters its detections).
+    ``threads``: ONNX Runtime's intra-op threads (default: one per physical core).
     """
     from detkit.device import select_device
 
@@ -113,7 +114,7 @@ def load_model(path: str | os.PathLike, config=None, *, device=None, conf: float
                           f"(for `detkit eval`, --data CONFIG names the data)")
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
-    runner = OnnxRunner(path, device) if kind == "onnx" else TorchScriptRunner(path, device)
+    runner = OnnxRunner(path, device, threads) if kind == "onnx" else TorchScriptRunner(path, device)
     info = runner.info
     model = ExportedDetector(info, runner, device, conf=conf, iou=iou, max_det=max_det, source=path.name)
     return LoadedModel(model, copy.deepcopy(info.config), tuple(info.names), kind, path, info=info)
