@@ -131,6 +131,39 @@ def assert_same_detections(got, expected, tol=TOL):
 
 
 # ----------------------------------------------------------------------------------------------
+# the in-graph postprocessor
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"class_agnostic": True}, {"pre_nms_topk": 7}, {"max_per_image": 5}])
+@pytest.mark.parametrize("per_class", [False, True])
+def test_padded_nms_keeps_what_batched_nms_keeps(options, per_class):
+    from detkit.deploy.graphs import PaddedBatchedNMS
+    from detkit.ops.postprocess import BatchedNMS
+
+    generator = torch.Generator().manual_seed(3)
+    n, m, c = 3, 40, 4
+    centres = torch.rand(n, m, *((c,) if per_class else ()), 2, generator=generator) * 80
+    sizes = 8 + torch.rand(centres.shape, generator=generator) * 30
+    boxes = torch.cat((centres - sizes / 2, centres + sizes / 2), dim=-1)
+    scores = torch.rand(n, m, c, generator=generator)
+    eager = BatchedNMS(iou_threshold=0.4, score_threshold=0.3, **{"max_per_image": 20, **options})
+    expected = eager(boxes, scores)
+    rows = n * m
+    image_of_row = torch.arange(n).repeat_interleave(m)
+    out_boxes, out_scores, out_labels, counts = PaddedBatchedNMS.from_postprocessor(eager)(
+        boxes.reshape(rows, *boxes.shape[2:]), scores.reshape(rows, c), image_of_row, n)
+    assert out_boxes.shape == (n, eager.max_per_image, 4) and out_labels.dtype == torch.int64
+    for i, det in enumerate(expected):
+        k = int(counts[i])
+        assert k == len(det["scores"]) > 0
+        torch.testing.assert_close(out_scores[i, :k], det["scores"], rtol=0, atol=0)
+        torch.testing.assert_close(out_boxes[i, :k], det["boxes"], rtol=0, atol=0)
+        assert out_labels[i, :k].tolist() == det["labels"].tolist()
+        assert (out_labels[i, k:] == -1).all() and (out_scores[i, k:] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------
 # the checkpoint is enough
 # ----------------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from detkit.errors import ConfigError
 from detkit.ops.nms import batched_nms
 from detkit.ops.postprocess import BatchedNMS
 
-__all__ = ["PaddedBatchedNMS", "YOLOv1Graph", "RCNNGraph", "NMS_OUTPUTS", "build_graph"]
+__all__ = ["PaddedBatchedNMS", "DetectorGraph", "YOLOv1Graph", "RCNNGraph", "NMS_OUTPUTS", "build_graph"]
 
 NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 RAW_OUTPUTS = ("boxes", "scores")
@@ -68,9 +68,9 @@ class PaddedBatchedNMS(nn.Module):
         return cls(postprocessor.score_threshold, postprocessor.iou_threshold, postprocessor.max_per_image,
                    postprocessor.pre_nms_topk, postprocessor.class_agnostic)
 
-    def forward(self, boxes: Tensor, scores: Tensor, image_of_row: Tensor, num_images: Tensor):
+    def forward(self, boxes: Tensor, scores: Tensor, image_of_row: Tensor, num_images):
         """``boxes`` ``[R, 4]`` (shared) or ``[R, C, 4]`` (per class), ``scores`` ``[R, C]``,
-        ``image_of_row`` int64 ``[R]``; ``num_images`` a 0-d int64 tensor (N, a traced size)."""
+        ``image_of_row`` int64 ``[R]``; ``num_images`` N (a size: traced under jit.trace / torch.export)."""
         num_classes = scores.shape[1]
         k = self.max_per_image
         flat = scores.reshape(-1)
@@ -106,7 +106,7 @@ class PaddedBatchedNMS(nn.Module):
                 valid.sum(dim=1))
 
     @staticmethod
-    def _best_per_image(candidates: Tensor, cand_scores: Tensor, images: Tensor, num_images: Tensor,
+    def _best_per_image(candidates: Tensor, cand_scores: Tensor, images: Tensor, num_images,
                         count: int) -> Tensor:
         """Positions (in candidate order) of the ``count`` best-scored candidates of every image."""
         width = candidates.shape[0] + count
@@ -117,8 +117,8 @@ class PaddedBatchedNMS(nn.Module):
         return top_index[top_scores > _EMPTY].sort().values
 
 
-class YOLOv1Graph(nn.Module):
-    """A YOLOv1 detector as one graph (see the module docstring)."""
+class DetectorGraph(nn.Module):
+    """A built detector and, unless ``nms=False``, its postprocessor as :class:`PaddedBatchedNMS`."""
 
     def __init__(self, detector, nms: bool = True):
         super().__init__()
@@ -128,6 +128,10 @@ class YOLOv1Graph(nn.Module):
     @property
     def output_names(self) -> tuple[str, ...]:
         return NMS_OUTPUTS if self.nms is not None else RAW_OUTPUTS
+
+
+class YOLOv1Graph(DetectorGraph):
+    """A YOLOv1 detector as one graph (see the module docstring)."""
 
     def forward(self, images: Tensor):
         height, width = images.shape[-2], images.shape[-1]
@@ -135,23 +139,13 @@ class YOLOv1Graph(nn.Module):
         boxes, scores = self.detector.head.decode(grid, (height, width))  # [N, M, 4], [N, M, C]
         if self.nms is None:
             return boxes, scores
-        n, m = boxes.shape[0], boxes.shape[1]
+        n, m = boxes.shape[0], boxes.shape[1]  # traced sizes under jit.trace / torch.export
         image_of_row = torch.arange(n, device=boxes.device).reshape(-1, 1).expand(n, m).reshape(-1)
-        return self.nms(boxes.reshape(-1, 4), scores.reshape(-1, scores.shape[-1]), image_of_row,
-                        torch.tensor(n) if isinstance(n, int) else n)
+        return self.nms(boxes.reshape(-1, 4), scores.reshape(-1, scores.shape[-1]), image_of_row, n)
 
 
-class RCNNGraph(nn.Module):
+class RCNNGraph(DetectorGraph):
     """An R-CNN detector's region scoring as one graph: proposals in, detections out."""
-
-    def __init__(self, detector, nms: bool = True):
-        super().__init__()
-        self.detector = detector
-        self.nms = PaddedBatchedNMS.from_postprocessor(detector.postprocessor) if nms else None
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return NMS_OUTPUTS if self.nms is not None else RAW_OUTPUTS
 
     def forward(self, images: Tensor, rois: Tensor):
         height, width = images.shape[-2], images.shape[-1]
