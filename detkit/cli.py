@@ -256,17 +256,20 @@ def infer(args, conf, iou, max_det, classes, device, batch_size, out_dir, exist_
 @click.option("--iou", type=float, default=None, help="In-graph NMS IoU threshold.")
 @click.option("--max-det", type=int, default=None, help="Detections per image (the outputs' fixed size).")
 @click.option("--half/--no-half", default=True, show_default=True, help="pth: store weights as float16.")
+@click.option("--int8", is_flag=True, help="onnx, yolov1: int8 weights and activations (ONNX Runtime static "
+              "quantisation calibrated on the config's validation images); see README Deploy for its speed and mAP.")
 @click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
 @set_option
 @_friendly_errors
-def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, max_det, half, unsafe_load,
+def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, max_det, half, int8, unsafe_load,
            overrides):
     """Export CHECKPOINT for deployment: ONNX or TorchScript (YOLOv1 whole, with NMS; R-CNN's region
     scoring with the proposals as an input), or a stripped checkpoint (weights, config, class names)."""
     from detkit.deploy.export import export as run_export
 
     path = run_export(checkpoint, fmt, out, config=config_file, dynamic_batch=dynamic_batch, nms=not no_nms,
-                      conf=conf, iou=iou, max_det=max_det, half=half, unsafe_load=unsafe_load, overrides=overrides)
+                      conf=conf, iou=iou, max_det=max_det, half=half, int8=int8, unsafe_load=unsafe_load,
+                      overrides=overrides)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -168,7 +169,9 @@ class TorchScriptRunner:
 
         extra = {INFO_FILE: ""}
         try:
-            self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError variants
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"{path}: not a loadable TorchScript model ({message[:200]})") from exc

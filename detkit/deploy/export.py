@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -165,9 +166,11 @@ def _export_onnx(graph, example, path: Path, info: DeployInfo, dynamic_batch: bo
 
 def _export_torchscript(graph, example, path: Path, info: DeployInfo) -> None:
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # sizes are traced on purpose (graphs.py)
+        # Sizes are traced on purpose (graphs.py); torch.jit's deprecation notices are not the user's to act on.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(graph, example, check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={INFO_FILE: json.dumps(dataclasses.asdict(info))})
+        torch.jit.save(traced, str(path), _extra_files={INFO_FILE: json.dumps(dataclasses.asdict(info))})
 
 
 def _quantise_int8(path: Path, info: DeployInfo, cfg, calibration) -> None:
@@ -190,6 +193,9 @@ def _quantise_int8(path: Path, info: DeployInfo, cfg, calibration) -> None:
             return next(self.items, None)
 
     quantised = path.with_name(path.name + ".int8")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization logs its generic advice on the root logger
     try:
         quantize_static(str(path), str(quantised), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
@@ -200,6 +206,7 @@ def _quantise_int8(path: Path, info: DeployInfo, cfg, calibration) -> None:
             proto.metadata_props.add(key=key, value=value)
         onnx.save(proto, str(path))
     finally:
+        root.setLevel(level)
         quantised.unlink(missing_ok=True)
         path.with_name(path.stem + "-inferred.onnx").unlink(missing_ok=True)
 
