@@ -75,7 +75,7 @@ def load_detector(checkpoint: str | os.PathLike, config=None, *, overrides: Sequ
     class_names = _class_names(checkpoint, ckpt, cfg)
     name = Path(checkpoint).name
     try:
-        model = build_detector(_without_pretrained(cfg["model"]), class_names)
+        model = build_detector(cfg["model"], class_names, pretrained=False)  # the checkpoint has every weight
     except ConfigError as exc:
         if config is None:
             raise
@@ -90,16 +90,6 @@ def load_detector(checkpoint: str | os.PathLike, config=None, *, overrides: Sequ
     # Stripped deployment checkpoints may hold fp16 weights: load_state_dict copied them into the
     # model's own float32 parameters, so the model itself is always full precision.
     return LoadedDetector(model.eval(), cfg, class_names, ckpt)
-
-
-def _without_pretrained(model_cfg: Mapping) -> dict:
-    """The model config with ``backbone.pretrained`` off: the checkpoint holds every weight, and the
-    ImageNet file named at training time need not exist where the model is deployed."""
-    model_cfg = copy.deepcopy(dict(model_cfg))
-    backbone = model_cfg.get("backbone")
-    if isinstance(backbone, dict) and backbone.get("pretrained") not in (None, False):
-        backbone["pretrained"] = None
-    return model_cfg
 
 
 def _class_names(path, ckpt: Mapping, cfg: Mapping) -> tuple[str, ...]:
