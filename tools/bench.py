@@ -120,8 +120,8 @@ def main(argv: list[str]) -> int:
                 continue
             raise
         print(f"==== {name} ====", flush=True)
-        environment = _environment() if record_as is not None else {}
         rows = module.main(rest)
+        environment = _environment() if record_as is not None else {}  # after main: its --threads apply
         extra = {}
         if isinstance(rows, dict):  # rows plus a README section of the suite's own
             extra = {"section": rows["section"], "table": rows["table"]}
