@@ -67,10 +67,11 @@ def detect(client, path: Path, **params) -> httpx.Response:
 
 def expected(model, images, **settings):
     """Predictor's results for ``images`` with ``settings`` (``classes`` filtered as detkit infer does)."""
-    classes = settings.pop("classes", None)
-    results = Predictor(model, device="cpu", **settings)([str(p) for p in images])
+    classes, device = settings.pop("classes", None), settings.pop("device", "cpu")
+    results = Predictor(model, device=device, **settings)([str(p) for p in images])
     if classes is not None:
-        results = [r.filter(classes={CLASSES.index(c) for c in classes.split(",")}) for r in results]
+        keep = {int(c) if c.isdigit() else CLASSES.index(c) for c in classes.split(",")}
+        results = [r.filter(classes=keep) for r in results]
     return results
 
 
@@ -104,7 +105,7 @@ def test_detections_equal_predictors_for_every_body_kind(client, model, images):
 
 
 @pytest.mark.parametrize("params", [
-    {"conf": 0.6}, {"conf": 0.05}, {"iou": 0.3}, {"max_det": 2}, {"classes": "circle,cross"},
+    {"conf": 0.6}, {"conf": 0.05}, {"iou": 0.3}, {"max_det": 2}, {"classes": "circle,cross"}, {"classes": "4,0"},
     {"conf": 0.4, "iou": 0.7, "max_det": 3, "classes": "circle"},
 ], ids=lambda p: "&".join(f"{k}={v}" for k, v in p.items()))
 def test_request_settings_equal_predictor_with_those_settings(client, model, images, params):
@@ -116,7 +117,8 @@ def test_request_settings_equal_predictor_with_those_settings(client, model, ima
         settings = response.json()["settings"]
         assert settings["conf"] == params.get("conf", 0.25) and settings["max_det"] == params.get("max_det", 100)
         if "classes" in params:
-            assert settings["classes"] == sorted(params["classes"].split(","), key=CLASSES.index)
+            names = [CLASSES[int(c)] if c.isdigit() else c for c in params["classes"].split(",")]
+            assert settings["classes"] == sorted(names, key=CLASSES.index)
 
 
 def test_model_endpoint_and_probes(client, model):
@@ -178,6 +180,8 @@ BAD_INPUTS = {
     "json without image": ({"json": {"picture": "x"}}, {}, 422, "image"),
     "json extra field": ({"json": {"image": "aGk=", "conf": 0.5}}, {}, 422, "query string"),
     "bad base64": ({"json": {"image": "not base64!!"}}, {}, 422, "base64"),
+    "image url": ({"json": {"image": "http://127.0.0.1:9/cat.jpg"}}, {}, 422, "fetches nothing"),
+    "url field": ({"json": {"url": "https://127.0.0.1:9/cat.jpg"}}, {}, 422, '{"image"'),
     "upload too large": (_files("huge.jpg", b"\xff\xd8\xff" + b"\x00" * (MAX_UPLOAD_MB * 1024 * 1024)), {}, 413,
                          "limit"),
     "chunked too large": ({"content": iter([b"\x00" * 65536] * 20), "headers": {"Content-Type": "image/png"}}, {},
@@ -270,23 +274,87 @@ def test_300_requests_at_concurrency_16_each_answered_for_its_own_image(server, 
     assert _metric(after, "detkit_queue_requests") == 0
 
 
-def test_a_full_queue_answers_503_with_retry_after(model, images):
-    # The first request waits up to 1.5 s for company; meanwhile the queue (2 places) fills up.
-    with ServerProcess(model, "--device", "cpu", "--max-queue", "2", "--max-batch", "8", "--max-wait-ms", "1500") as server:
+def test_a_full_queue_answers_503_with_retry_after_and_readyz_says_not_ready(model, images):
+    # The first request waits up to 3 s for company; meanwhile the queue (2 places) fills up.
+    with ServerProcess(model, "--device", "cpu", "--max-queue", "2", "--max-batch", "8", "--max-wait-ms", "3000") as server:
         def one(path):
             with httpx.Client(base_url=server.url, timeout=60) as http:
                 return detect(http, path)
 
         with ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(one, images))
+            pending = [pool.submit(one, path) for path in images]
+            probes = []
+            while not all(f.done() for f in pending):  # /readyz while the two admitted requests wait
+                probes.append(httpx.get(f"{server.url}/readyz", timeout=60))
+                time.sleep(0.05)
+            responses = [f.result() for f in pending]
         codes = sorted(r.status_code for r in responses)
         assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}, codes
         busy = next(r for r in responses if r.status_code == 503)
         assert int(busy.headers["Retry-After"]) >= 1 and "--max-queue 2" in busy.json()["detail"]
+        full = [p for p in probes if p.status_code == 503]
+        assert full, [p.status_code for p in probes]
+        assert full[0].json()["detail"].startswith("not ready: queue full") and int(full[0].headers["Retry-After"]) >= 1
+        assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "queued": 0}  # drained
         reference = expected(model, images)
         for path, result, response in zip(images, reference, responses):
             if response.status_code == 200:
                 assert_same(response.json()["detections"], result, path.name)
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
+def test_an_unexpected_failure_is_a_one_line_500_and_the_traceback_goes_to_the_log(model, images, caplog):
+    """In process (starlette's TestClient): the model fails once (as a CUDA out-of-memory would); that
+    request gets a 500 JSON line without the exception text, the log gets the traceback, the next
+    request is served."""
+    from fastapi.testclient import TestClient
+
+    from detkit.serve.app import ServeOptions, create_app
+
+    options = ServeOptions(model=str(model), device="cpu")
+    engine = options.build_engine()
+    real, calls = engine.run_batch, []
+
+    def fails_once(iou, items):
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory (simulated secret /srv/models/path)")
+        return real(iou, items)
+
+    engine.run_batch = fails_once
+    with TestClient(create_app(engine, options), raise_server_exceptions=False) as client:
+        failed = detect(client, images[0])
+        assert failed.status_code == 500
+        assert failed.json() == {"detail": "internal server error (RuntimeError); the server log has the details"}
+        served = detect(client, images[1])
+        assert served.status_code == 200 and client.get("/healthz").status_code == 200
+        assert_same(served.json()["detections"], expected(model, images[1:2])[0], images[1].name)
+        metrics = client.get("/metrics").text
+    assert calls == [1, 1]
+    assert _metric(metrics, "detkit_request_errors_total", endpoint="/v1/detect", code="500") == 1
+    assert "Traceback" in caplog.text and "simulated secret" in caplog.text  # the log has it all
+
+
+def test_torchscript_export_serves_the_same_detections(model, images):
+    from detkit.deploy.export import export
+
+    script = export(model, "torchscript", model.with_name("tiny.torchscript"), dynamic_batch=True)
+    reference = expected(script, images)
+    with ServerProcess(script, "--device", "cpu") as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.get("/v1/model").json()["kind"] == "torchscript"
+        for path, result in zip(images, reference):
+            response = detect(client, path, conf=0.3)
+            assert response.status_code == 200, response.text
+            assert_same(response.json()["detections"], result.filter(0.3), path.name)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_served_on_cuda_equals_predictor_on_cuda(model, images):
+    reference = expected(model, images, device="cuda")
+    with ServerProcess(model, "--device", "cuda") as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.get("/v1/model").json()["device"].startswith("cuda")
+        for path, result in zip(images, reference):
+            assert_same(detect(client, path).json()["detections"], result, path.name)
 
 
 def test_onnx_export_with_nms_inside_refuses_what_was_fixed_at_export(model, images):

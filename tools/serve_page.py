@@ -33,9 +33,15 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 def browser_missing() -> str | None:
     """Why the browser cannot run here, or ``None``."""
+    import subprocess
+
     for path in (CHROMIUM, CHROMEDRIVER):
         if not path.exists():
             return f"{path} not found (apt-get install chromium chromium-driver)"
+        try:  # installed but unable to start (missing libraries, wrong architecture...)
+            subprocess.run([str(path), "--version"], capture_output=True, timeout=60, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{path} --version failed: {exc}"
     try:
         import selenium  # noqa: F401
     except ImportError:

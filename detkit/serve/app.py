@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -276,6 +277,9 @@ def _from_json(data: bytes) -> tuple[bytes, str]:
         raise RequestError(422, f"unknown JSON field {', '.join(repr(u) for u in unknown)} (fields: image, name; "
                                 f"{', '.join(QUERY_PARAMETERS)} go in the query string)")
     text = body["image"]
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", text):  # http://, https://, file://, s3://...
+        raise RequestError(422, f"image: {text.split('://')[0]}:// URL given; the server fetches nothing on a "
+                                f"client's behalf: send the image file itself, base64-encoded")
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
