@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from detkit.evaluation.names import HEADLINE_KEYS
+from detkit.fileio import temp_path
 
 __all__ = ["read_metrics", "plot_metrics"]
 
@@ -65,7 +66,7 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
     def save(fig: Figure, name: str) -> None:
         FigureCanvasAgg(fig)
         path = out_dir / name
-        tmp = out_dir / f".{name}.tmp.png"
+        tmp = temp_path(path, extension=".png")
         fig.savefig(tmp, dpi=90)
         os.replace(tmp, path)
         written.append(path)
