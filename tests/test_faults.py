@@ -511,6 +511,21 @@ def test_a_log_file_that_cannot_be_written_any_more_is_reported_once(tmp_path, c
     assert "Logging error" not in err and "line 2" in err  # the console still gets every line
 
 
+def test_full_disk_while_logging_metrics_is_one_line_and_keeps_the_checkpoints(config, tmp_path, monkeypatch):
+    from detkit.engine import hooks
+
+    real_open = hooks._open_metrics
+
+    def open_metrics(path, keep_until_iter):
+        return _FullDisk(real_open(path, keep_until_iter), room=2500)  # fills up during epoch 2
+
+    monkeypatch.setattr(hooks, "_open_metrics", open_metrics)
+    work = tmp_path / "w"
+    result = train_cli(config, work)
+    error_line(result, f"cannot write {work / 'metrics.jsonl'}: No space left on device")
+    assert load_checkpoint(work / "last.pth")["epoch"] >= 1
+
+
 def _fs_child(root: str, mode: str) -> None:
     """Run in a subprocess (see test_file_system_errors_*): real read-only folders and a real full
     disk; prints what it observed as one JSON line."""
