@@ -19,11 +19,13 @@ from detkit.inference import DEFAULT_CONF
 
 
 def _friendly_errors(func):
-    """Print DetkitError as a one-line message (exit 2) instead of a traceback."""
+    """Print DetkitError as a one-line message (exit 2) instead of a traceback; so too a file-system
+    error of the machine (permission denied, read-only or full disk) that names its file."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from detkit.errors import DetkitError
+        from detkit.fileio import ENVIRONMENT_ERRNOS
 
         try:
             return func(*args, **kwargs)
@@ -31,6 +33,11 @@ def _friendly_errors(func):
             if os.environ.get("DETKIT_DEBUG"):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if os.environ.get("DETKIT_DEBUG") or exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+                raise
+            click.secho(f"error: {exc.filename}: {exc.strerror}", fg="red", err=True)
             sys.exit(2)
 
     return wrapper
@@ -48,6 +55,13 @@ set_option = click.option(
     multiple=True,
     metavar="KEY=VALUE",
     help="Override config values by dotted path: --set a.b=1 c=2 (or repeat --set); +KEY=VALUE adds a key.",
+)
+
+
+unsafe_load_option = click.option(
+    "--unsafe-load", is_flag=True,
+    help="Allow a checkpoint that stores pickled Python objects. Loading it runs code from the file: only "
+         "for files you trust (a warning is printed every time).",
 )
 
 
@@ -160,8 +174,7 @@ _train_options = _stack(
     click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (overrides train.amp)."),
     click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs)."),
-    click.option("--unsafe-load", is_flag=True,
-                 help="Allow resuming from a checkpoint that needs pickle (only for files you trust)."),
+    unsafe_load_option,
     click.option("--launcher", type=click.Choice(["none", "torchrun"]), default="none",
                  help="torchrun: join the process group that torchrun set up (also auto-detected)."),
     _friendly_errors,
@@ -192,7 +205,7 @@ _eval_options = _stack(
                  help="Write the metrics as JSON here."),
     click.option("--device", default=None),
     click.option("--batch-size", type=int, default=None),
-    click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle."),
+    unsafe_load_option,
     set_option,
     _friendly_errors,
 )
@@ -277,7 +290,7 @@ def classify_eval(args, overrides, data_config, **options):
 @click.option("--save-json", is_flag=True, help="Write predictions.json (COCO results format).")
 @click.option("--save-txt", is_flag=True, help="Write one .txt per image, one line per box.")
 @click.option("--show", is_flag=True, help="Show results in a window (needs a display).")
-@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@unsafe_load_option
 @set_option
 @_friendly_errors
 def infer(args, conf, iou, max_det, classes, device, batch_size, out_dir, exist_ok, save_vis, save_json,
@@ -314,7 +327,7 @@ def infer(args, conf, iou, max_det, classes, device, batch_size, out_dir, exist_
 @click.option("--half/--no-half", default=True, show_default=True, help="pth: store weights as float16.")
 @click.option("--int8", is_flag=True, help="onnx, yolov1: int8 weights and activations (ONNX Runtime static "
               "quantisation calibrated on the config's validation images); see README Deploy for its speed and mAP.")
-@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@unsafe_load_option
 @set_option
 @_friendly_errors
 def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, max_det, half, int8, unsafe_load,
