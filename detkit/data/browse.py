@@ -91,7 +91,8 @@ def browse(cfg: dict, split: str = "train", out_dir: str = "runs/browse", num: i
 
     from detkit.data.builder import build_dataset
 
-    dataset = build_dataset(cfg, split)
+    # No verification pass: only the first `num` samples are read, and unreadable ones are listed below.
+    dataset = build_dataset(cfg, split, verify=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     use_transforms = transformed and dataset.transforms is not None

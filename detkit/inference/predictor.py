@@ -71,6 +71,9 @@ class Predictor:
         cfg = _postprocessor_overrides(dict(cfg), conf, iou, max_det)
         self.cfg = cfg
         self.conf = conf
+        from detkit.data.builder import data_max_pixels
+
+        self.max_image_pixels = data_max_pixels(cfg)  # data.max_image_pixels (None: the reader's default)
         self.device = select_device(device)
         ckpt = load_checkpoint(checkpoint, map_location="cpu", unsafe=unsafe_load)
         class_names = ckpt.get("class_names") or (cfg.get("data", {}).get("classes") or None)
@@ -134,7 +137,8 @@ class Predictor:
 
         single = isinstance(images, (str, Path, np.ndarray))
         items = [images] if single else list(images)
-        arrays = [read_image(x) if isinstance(x, (str, Path)) else _check_array(x) for x in items]
+        arrays = [read_image(x, self.max_image_pixels) if isinstance(x, (str, Path)) else _check_array(x)
+                  for x in items]
         if not arrays:
             return []
         batch, metas = self.preprocess(arrays)
