@@ -216,7 +216,8 @@ def _over(height: int, width: int, limit: int) -> bool:
     return bool(limit) and height * width > limit
 
 
-def check_sample(dataset, index: int, cache: _Cache | None = None, max_pixels: int | None = None) -> SampleCheck:
+def check_sample(dataset, index: int, cache: _Cache | None = None, max_pixels: int | None = None,
+                 path: str | None = None) -> SampleCheck:
     """Check the image file of sample ``index``, then load its annotation (see the module docstring).
 
     A sample with a bad image file and a bad annotation is reported for its image, except when no
@@ -225,7 +226,7 @@ def check_sample(dataset, index: int, cache: _Cache | None = None, max_pixels: i
     result = SampleCheck(index)
     path_error = None
     try:
-        path = str(dataset.image_path(index))
+        path = path or str(dataset.image_path(index))  # (verify_dataset knows the paths already)
     except DataError as exc:  # no image file found, or (COCO) a file_name that leaves img_dir
         path_error = str(exc)
     else:
@@ -301,6 +302,8 @@ with its annotation (the report keeps only the box count).
     """
     from tqdm import tqdm
 
+    from detkit.data.io import max_image_pixels
+
     if max_pixels is None:
         max_pixels = getattr(dataset, "max_image_pixels", None)
     start = time.perf_counter()
@@ -317,12 +320,27 @@ with its annotation (the report keeps only the box count).
     workers = max(1, int(workers or _cpu_count()))
     report = VerifyReport(name)
 
+    limit = max_image_pixels(max_pixels)
+
+    def cached(i: int) -> bool:
+        try:
+            entry = store.get(paths[i], os.stat(paths[i])) if paths[i] else None
+        except OSError:
+            return True  # missing: nothing to decode, answered at once
+        return entry is not None and not (entry[2] == "large" and not _over(entry[3], entry[4], limit))
+
+    def run(i: int) -> SampleCheck:
+        return check_sample(dataset, i, store, max_pixels, paths[i] or None)
+
     def results():
         # In chunks, so a 100k-image set does not queue 100k futures at once; results come back in
-        # index order, so the report does not depend on the number of threads.
+        # index order, so the report does not depend on the number of threads. Samples whose image
+        # the cache answers are checked right here: a thread hop costs more than the check itself.
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for lo in range(0, n, _CHUNK):
-                yield from pool.map(lambda i: check_sample(dataset, i, store, max_pixels), range(lo, min(lo + _CHUNK, n)))
+                chunk = [(i, None) if cached(i) else (i, pool.submit(run, i)) for i in range(lo, min(lo + _CHUNK, n))]
+                for i, future in chunk:
+                    yield run(i) if future is None else future.result()
 
     bar = tqdm(results(), total=n, desc=f"verify {name}", unit="img", file=sys.stderr, leave=False,
                disable=None if progress else True, mininterval=0.5)

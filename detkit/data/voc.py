@@ -24,8 +24,8 @@ Messy files are cleaned, and every change is counted in ``Annotation.stats`` (su
 
 XML is parsed with defusedxml: a file declaring entities (the "billion laughs" bomb) is rejected
 before anything is expanded. An annotation that cannot be parsed, or an image that cannot be found,
-does not stop the dataset from being built (so ``check-data`` can list every problem); loading that
-sample raises a DataError naming the file.
+does not stop the dataset from being built; loading that sample raises a DataError naming the file,
+and the verification pass of ``build_dataset`` excludes it (``check-data`` lists them all).
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ The ``train`` / ``eval`` config sections (``configs/_base_/schedules/*.py``)::
         eval_interval=1,         # epochs between evaluations (0: never)
         nan_policy="raise",      # or "skip": drop batches with a non-finite loss (counted, logged)
         # optional: load_from=None (initial weights: a checkpoint or state dict),
-        # bad_sample="raise" (or "skip": unreadable samples are dropped and logged),
+        # bad_sample="raise" (or "skip": samples that fail to load are dropped and logged; files
+        #   unusable from the start are already excluded when the data set is built),
         # find_unused_parameters=False (DDP, for models with branches unused in a step)
     )
     eval = dict(metric=["voc07", "voc", "coco"], batch_size=16, num_workers=2, save_best="voc07_ap50")

@@ -1,7 +1,8 @@
 """Data sets at COCO scale: how long building the data set takes and how much memory it needs.
 
     python tools/bench.py data-scale [--images 118287] [--boxes 860001] [--voc-files 20000]
-                                     [--points 24] [--root ../shared/datasets/raccoon] [--keep DIR]
+                                     [--points 24] [--root ../shared/datasets/raccoon]
+                                     [--verify-files 20000] [--keep DIR]
 
 Writes, into a temporary folder (or ``--keep DIR``, reused when it is there):
 
@@ -16,9 +17,9 @@ Then measures, each in a fresh process (so peak RSS is that step's alone; import
 * ``pycocotools.coco.COCO(file)`` -- the reference, in the same run;
 * ``COCODataset(file, img_dir)`` -- detkit's index (parse, validate, boxes to arrays);
 * ``VOCDataset(root, split=None)`` over the 20k XML files;
-* the verification pass (:mod:`detkit.data.verify`) on a sample of real image files (``--root``, the
-  raccoon photos when present): cold (every image decoded) and warm (the cache), against plain
-  ``cv2.imread`` of the same files.
+* the verification pass (:mod:`detkit.data.verify`) over ``--verify-files`` real image files (hard links
+  to the photos of ``--root``, the raccoon set when present, cycled): cold (every image decoded) and
+  warm (the cache), with plain ``cv2.imread`` of the photos as the reference rate.
 
 Targets on the 2-core development machine: COCO-scale index <= 20 s and <= 2 GB peak RSS.
 """
@@ -56,7 +57,7 @@ def write_coco(path: Path, images: int, boxes: int, points: int, seed: int = 0) 
     with open(path, "w", encoding="utf-8") as f:
         f.write('{"info":{"description":"synthetic, COCO train2017 sized"},"licenses":[],"images":[')
         sizes = rng.integers(200, 640, (images, 2))
-        f.write(",".join(f'{{"id":{i + 1},"file_name":"{i + 1:012d}.jpg","width":{w},"height":{h}}}'
+        f.write(",".join(f'{{"license": 3,"file_name": "{i + 1:012d}.jpg","height": {h},"width": {w},"id": {i + 1}}}'
                          for i, (w, h) in enumerate(sizes.tolist())))
         f.write('],"annotations":[')
         ann_id = 0
@@ -74,9 +75,10 @@ def write_coco(path: Path, images: int, boxes: int, points: int, seed: int = 0) 
             parts = []
             for k in range(hi - lo):
                 ann_id += 1
-                parts.append(f'{{"segmentation":{pool[ann_id % len(pool)]},"area":{bw[k] * bh[k]:.2f},'
-                             f'"iscrowd":{int(crowd[k])},"image_id":{img[k] + 1},"bbox":[{x[k]:.2f},{y[k]:.2f},'
-                             f'{bw[k]:.2f},{bh[k]:.2f}],"category_id":{cats[lo + k]},"id":{ann_id}}}')
+                # the formatting of COCO's own files: '": ' after keys, no spaces inside number lists
+                parts.append(f'{{"segmentation": {pool[ann_id % len(pool)]},"area": {bw[k] * bh[k]:.2f},'
+                             f'"iscrowd": {int(crowd[k])},"image_id": {img[k] + 1},"bbox": [{x[k]:.2f},{y[k]:.2f},'
+                             f'{bw[k]:.2f},{bh[k]:.2f}],"category_id": {cats[lo + k]},"id": {ann_id}}}')
             f.write(("" if first else ",") + ",".join(parts))
             first = False
         f.write('],"categories":[' + ",".join(f'{{"supercategory":"thing","id":{c},"name":"class{c}"}}'
@@ -103,6 +105,30 @@ def write_voc(root: Path, files: int, seed: int = 0) -> None:
             f"<annotation>\n\t<folder>VOC</folder>\n\t<filename>{i:06d}.jpg</filename>\n\t<size>\n\t\t<width>{w}"
             f"</width>\n\t\t<height>{h}</height>\n\t\t<depth>3</depth>\n\t</size>\n\t<segmented>0</segmented>\n"
             + "".join(objects) + "</annotation>\n")
+
+
+def write_verify_set(work: Path, originals: Path, files: int) -> tuple[Path, Path]:
+    """``files`` hard links to the real photos in ``originals`` (cycled) and a COCO file listing them."""
+    import shutil
+
+    folder = work / f"verify_{files}"
+    ann = work / f"verify_{files}.json"
+    if ann.is_file():
+        return ann, folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    sources = sorted(p for p in originals.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    images, anns = [], []
+    for i in range(files):
+        name = f"{i:06d}{sources[i % len(sources)].suffix}"
+        try:
+            os.link(sources[i % len(sources)], folder / name)
+        except OSError:  # another file system
+            shutil.copy(sources[i % len(sources)], folder / name)
+        images.append({"id": i + 1, "file_name": name})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 10, 10]})
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+    return ann, folder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,20 +175,18 @@ def child(kind: str, args: list[str]) -> dict:
     if kind == "verify":
         import cv2
 
+        from detkit.data.coco import COCODataset
         from detkit.data.verify import verify_dataset
-        from detkit.data.voc import VOCDataset
 
-        ds = VOCDataset(args[0], split=None, classes=args[1].split(","))
-        paths = [str(ds.image_path(i)) for i in range(len(ds))]
-        for p in paths:  # the files in the page cache for every candidate
-            Path(p).read_bytes()
+        ann, img_dir, originals = args[0], Path(args[1]), sorted(Path(args[2]).iterdir())
         start = time.perf_counter()
-        for p in paths:
-            cv2.imread(p)
-        imread = time.perf_counter() - start
+        for p in originals:
+            cv2.imread(str(p))
+        imread = (time.perf_counter() - start) / len(originals)
+        ds = COCODataset(ann, img_dir)
         cold = verify_dataset(ds, name="bench", cache=False, progress=False)
         warm = verify_dataset(ds, name="bench", cache=True, progress=False)
-        return {"images": len(ds), "imread_s": imread, "cold_s": cold.seconds, "warm_s": warm.seconds,
+        return {"images": len(ds), "imread_s_per_image": imread, "cold_s": cold.seconds, "warm_s": warm.seconds,
                 "warm_cached": warm.from_cache, "excluded": len(cold.excluded)}
     raise SystemExit(f"unknown child {kind}")
 
@@ -185,13 +209,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--points", type=int, default=24, help="polygon points per annotation")
     parser.add_argument("--voc-files", type=int, default=20_000)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="real images for the verification pass")
-    parser.add_argument("--classes", default="raccoon")
+    parser.add_argument("--verify-files", type=int, default=20_000, help="image files the verification pass checks")
     parser.add_argument("--keep", type=Path, default=None, help="write the synthetic data here (and reuse it)")
     args = parser.parse_args(argv)
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="detkit-data-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    ann = work / f"instances_{args.images}_{args.boxes}_{args.points}.json"
+    ann = work / f"instances_{args.images}_{args.boxes}_{args.points}_v2.json"
     if not ann.is_file():
         start = time.perf_counter()
         write_coco(ann, args.images, args.boxes, args.points)
@@ -220,14 +244,16 @@ def main(argv: list[str]) -> None:
     print(f"detkit VOCDataset({args.voc_files:,} XML)    {voc_res['seconds']:6.1f} s   peak RSS {voc_res['rss_mb']:6.0f} MB "
           f"(+{voc_res['rss_mb'] - voc_res['base_mb']:.0f} MB; {voc_res['boxes']:,} boxes; "
           f"{1e3 * voc_res['seconds'] / voc_res['images']:.2f} ms per file)")
-    if (args.root / "Annotations").is_dir():
-        v = run_child("verify", args.root, args.classes)
-        rate_cold, rate_ref = v["images"] / v["cold_s"], v["images"] / v["imread_s"]
-        print(f"verification pass, {v['images']} real images ({args.root.name}): cold {v['cold_s']:.2f} s "
-              f"({rate_cold:.0f} img/s, {rate_cold / rate_ref:.2f}x cv2.imread's {rate_ref:.0f} img/s), warm "
-              f"{v['warm_s']:.3f} s ({v['warm_cached']} from the cache)")
-        print(f"    at that rate a first pass over {args.images:,} images takes ~{args.images / rate_cold / 60:.0f} min; "
-              f"later runs ~{args.images * v['warm_s'] / v['images']:.0f} s")
+    if (args.root / "JPEGImages").is_dir():
+        ann_v, img_v = write_verify_set(work, args.root / "JPEGImages", args.verify_files)
+        v = run_child("verify", ann_v, img_v, args.root / "JPEGImages")
+        rate_cold, rate_warm = v["images"] / v["cold_s"], v["images"] / v["warm_s"]
+        rate_ref = 1 / v["imread_s_per_image"]
+        print(f"verification pass over {v['images']:,} real image files ({args.root.name} photos, hard-linked), 2 threads: "
+              f"cold {v['cold_s']:.1f} s ({rate_cold:.0f} img/s; one cv2.imread thread: {rate_ref:.0f} img/s), "
+              f"warm {v['warm_s']:.1f} s ({rate_warm:.0f} img/s, {v['warm_cached']:,} from the cache)")
+        print(f"    for {args.images:,} images: first run ~{args.images / rate_cold / 60:.1f} min, later runs "
+              f"~{args.images / rate_warm:.0f} s")
     else:
         print(f"verification pass: no real images at {args.root}; pass --root")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
