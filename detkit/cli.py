@@ -126,10 +126,11 @@ def config():
 @set_option
 @_friendly_errors
 def config_show(config_file, overrides):
-    """Print the fully resolved config (bases merged, overrides applied) as JSON."""
+    """Print the config a run uses as JSON: bases merged, overrides applied, defaults filled in."""
     from detkit.config import dump_config
+    from detkit.schema import fill_defaults
 
-    click.echo(dump_config(_load(config_file, overrides)))
+    click.echo(dump_config(fill_defaults(_load(config_file, overrides))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def train(config_file, work_dir, overrides, resume, seed, deterministic, device,
 def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, device, batch_size,
              unsafe_load, overrides):
     """Evaluate CHECKPOINT on a split of the config's data and print VOC / COCO metrics."""
-    from detkit.engine.runner import evaluate
+    from detkit.evaluation.run import evaluate
 
     cfg = _load(config_file, overrides)
     evaluate(cfg, checkpoint, metric=metric, split=split, metrics_out=metrics_out,

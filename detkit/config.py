@@ -6,8 +6,10 @@ are plain data: dicts, lists, tuples, strings, numbers, booleans and None.
 * ``_base_ = "_base_/schedule.py"`` (or a list) inherits other files, relative to this one; dicts
   are merged deeply, later files win, and ``dict(_delete_=True, ...)`` replaces instead of merging.
 * Overrides ``key.path=value`` (values parsed as Python literals, else kept as strings) must name a
-  key that exists, so a typo is an error; ``+key.path=value`` adds a new key. List items are
-  addressed by index (``data.train.transforms.0.p=0.2``).
+  key that exists, so a typo is an error; ``+key.path=value`` adds a new key. A key the config leaves
+  out but that has a default (every ``train.*`` / ``eval.*`` key, :mod:`detkit.schema`) exists too:
+  its default is put in place, then overridden. List items are addressed by index
+  (``data.train.transforms.0.p=0.2``).
 * A string ``"${data.root}"`` refers to another value and is resolved *after* overrides, so
   overriding ``data.root`` reaches every place that refers to it; ``"${data.root}/train"`` formats.
 * Relative paths in ``data.<split>`` (``root``, ``ann_file``, ``img_dir``...) are made absolute as the
@@ -31,6 +33,7 @@ from typing import Any
 
 from detkit.data.paths import resolve_data_paths
 from detkit.errors import ConfigError
+from detkit.schema import SECTION_DEFAULTS
 
 __all__ = ["load_config", "merge", "apply_overrides", "resolve_references", "dump_config", "config_name"]
 
@@ -46,7 +49,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Load a config file (or a resolved ``.json`` dump), merge its bases, apply overrides."""
     path = Path(path)
     cfg = _strip_delete_markers(_load_file(path, stack=()))
-    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides, defaults=SECTION_DEFAULTS)
     if overrides and "data" in cfg:  # paths given on the command line are relative to where it runs
         cfg["data"] = resolve_data_paths(cfg["data"], Path.cwd(), from_file=False)
     return resolve_references(cfg)
@@ -160,7 +163,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
+def apply_overrides(cfg: dict, overrides: Sequence[str], defaults: Mapping | None = None) -> dict:
+    """Apply ``key.path=value`` overrides to a copy of ``cfg``. ``defaults`` (section -> key ->
+    default) names the keys that exist without being written in the config."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
         if "=" not in item:
@@ -171,13 +176,14 @@ def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
         key = key.lstrip("+")
         if not key:
             raise ConfigError(f"override '{item}' has no key")
-        set_by_path(cfg, key, _plain(parse_value(text), key), add=add)
+        set_by_path(cfg, key, _plain(parse_value(text), key), add=add, defaults=defaults)
     return cfg
 
 
-def set_by_path(cfg: dict, dotted: str, value: Any, *, add: bool = False) -> None:
+def set_by_path(cfg: dict, dotted: str, value: Any, *, add: bool = False, defaults: Mapping | None = None) -> None:
     parts = dotted.split(".")
     node: Any = cfg
+    known: Mapping = defaults or {}  # the defaults of the keys at this level
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         here = ".".join(parts[:depth]) or "<top level>"
@@ -193,6 +199,10 @@ def set_by_path(cfg: dict, dotted: str, value: Any, *, add: bool = False) -> Non
             continue
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {here} is a {type(node).__name__}, not a dict")
+        if part not in node and part in known:
+            # A key with a default exists even when the config leaves it out: put the default in
+            # place (a section starts empty; the run fills the rest), then override into it.
+            node[part] = {} if depth == 0 else copy.deepcopy(known[part])
         if part not in node:
             if add:
                 if last:
@@ -201,16 +211,19 @@ def set_by_path(cfg: dict, dotted: str, value: Any, *, add: bool = False) -> Non
                 node[part] = {}
             else:
                 msg = f"--set {dotted}: '{part}' is not a key of {here}."
-                close = difflib.get_close_matches(part, [str(k) for k in node], n=2, cutoff=0.6)
+                close = difflib.get_close_matches(part, [str(k) for k in {**known, **node}], n=2, cutoff=0.6)
                 if close:
                     msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
                 else:
-                    msg += f" Keys there: {', '.join(map(str, node)) or '(none)'}."
+                    msg += f" Keys there: {', '.join(map(str, {**known, **node})) or '(none)'}."
                 msg += f" Use +{dotted}=... to add a new key."
                 raise ConfigError(msg)
         if last:
             node[part] = value
             return
+        # defaults name sections, then their keys; below that a default is one value (the whole
+        # train.optimizer dict), whose own keys depend on its type
+        known = known[part] if depth == 0 and isinstance(known.get(part), Mapping) else {}
         node = node[part]
 
 

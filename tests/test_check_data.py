@@ -205,8 +205,7 @@ def test_raccoon_check_data_exits_0(raccoon_root):
 # browse
 # ----------------------------------------------------------------------------------------------
 def test_draw_ground_truth_uses_class_colours():
-    from detkit.data.browse import draw_ground_truth
-    from detkit.inference.draw import class_colour
+    from detkit.draw import class_colour, draw_ground_truth
 
     image = np.full((120, 160, 3), 128, np.uint8)
     drawn = draw_ground_truth(image, [[10, 30, 60, 90], [80, 40, 150, 110]], [0, 1], ["cat", "dog"],

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.engine import checkpoint as ck
-from detkit.engine.checkpoint import (
+from detkit import checkpoint as ck
+from detkit.checkpoint import (
     get_rng_state,
     is_full_checkpoint,
     link_or_copy,

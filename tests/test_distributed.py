@@ -16,7 +16,7 @@ import torch
 from test_trainer import TinyDataset, TinyDet
 
 from detkit import registry
-from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from detkit.checkpoint import load_checkpoint, save_checkpoint
 from detkit.engine.dist import ShardSampler, init_distributed
 from detkit.engine.hooks import Hook
 from detkit.errors import ConfigError
@@ -35,7 +35,7 @@ class RectFinder(torch.nn.Module):
         self.num_classes, self.class_names = num_classes, class_names
         self.gain = torch.nn.Parameter(torch.ones(()))
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, metas=None):
         from detkit.structures import boxes_to_original
 
         out = []
@@ -48,8 +48,8 @@ class RectFinder(torch.nn.Module):
             key = float(image.sum()) * 0.37
             s_true, s_false = 0.5 + 0.4 * (key % 1.0), 0.5 + 0.4 * ((key * 1.7) % 1.0)
             boxes = torch.stack([box, shifted, box])
-            if targets is not None:
-                boxes = boxes_to_original(boxes, targets[i]["meta"])
+            if metas is not None:
+                boxes = boxes_to_original(boxes, metas[i])
             out.append({"boxes": boxes, "scores": torch.tensor([s_true, s_false, 0.2]) * self.gain.detach(),
                         "labels": torch.tensor([label, label, 1 - label])})
         return out
@@ -83,7 +83,7 @@ class SaveWeights(Hook):
         self.path = path
 
     def after_train(self, trainer):
-        from detkit.engine.checkpoint import unwrap_model
+        from detkit.checkpoint import unwrap_model
 
         torch.save(unwrap_model(trainer.model).state_dict(), self.path)
 
@@ -92,7 +92,8 @@ def _worker(rank: int, ports: list, out: str, ckpt: str) -> None:
     # What torchrun exports for each process.
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from detkit.engine.runner import evaluate, train
+    from detkit.engine.runner import train
+    from detkit.evaluation.run import evaluate
 
     with registry.register("detectors", "tiny_test_det", TinyDet), \
             registry.register("detectors", "rect_finder_test", RectFinder), \
@@ -130,7 +131,7 @@ def test_launcher_torchrun_without_its_environment_is_an_error(monkeypatch):
 
 
 def test_two_gloo_processes_evaluate_like_one_and_train_in_sync(tmp_path):
-    from detkit.engine.runner import evaluate
+    from detkit.evaluation.run import evaluate
 
     ckpt = save_checkpoint(tmp_path / "model.pth", {"model": RectFinder(2).state_dict(), "class_names": CLASSES})
 
@@ -180,7 +181,7 @@ def test_two_gloo_processes_evaluate_like_one_and_train_in_sync(tmp_path):
 
 
 def test_loader_without_set_epoch_gets_its_generator_reseeded_per_epoch():
-    from detkit.engine.dist import set_loader_epoch
+    from detkit.seeding import set_loader_epoch
 
     loader = torch.utils.data.DataLoader(list(range(20)), batch_size=20, shuffle=True,
                                          generator=torch.Generator())

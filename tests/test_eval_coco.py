@@ -55,10 +55,13 @@ def random_dataset(seed: int, num_images: int = 25, crowd=True):
     return dets, targets
 
 
-def pycocotools_direct(dets, targets, cat_ids=None):
-    """The textbook pycocotools recipe, written independently of detkit."""
+def pycocotools_direct(dets, targets, cat_ids=None, results=None):
+    """The textbook pycocotools recipe, written independently of detkit: ``(stats, per-class AP,
+    per-class AP50)``, each class's numbers from a COCOeval restricted to that class
+    (``params.catIds``), i.e. pycocotools' own summary, not a slice of its precision array.
+    ``results``: score these COCO results instead of the ones built here from ``dets``."""
     cat_ids = cat_ids or list(range(1, len(NAMES) + 1))
-    images, anns, results = [], [], []
+    images, anns, own_results = [], [], []
     for det, tgt in zip(dets, targets):
         images.append({"id": tgt["image_id"]})
         for box, label, crowd in zip(np.asarray(tgt["boxes"]), np.asarray(tgt["labels"]),
@@ -68,24 +71,29 @@ def pycocotools_direct(dets, targets, cat_ids=None):
                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(crowd)})
         for box, score, label in zip(np.asarray(det["boxes"]), np.asarray(det["scores"]), np.asarray(det["labels"])):
             x1, y1, x2, y2 = (float(v) for v in box)
-            results.append({"image_id": tgt["image_id"], "category_id": cat_ids[int(label)],
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns,
-                      "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, NAMES)]}
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = [float("nan") if s < 0 else float(s) for s in ev.stats]
-    per_class = {}
-    for k, cid in enumerate(ev.params.catIds):
-        p = ev.eval["precision"][:, :, k, 0, -1]
-        name = NAMES[cat_ids.index(cid)]
-        per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
-    return stats, per_class
+            own_results.append({"image_id": tgt["image_id"], "category_id": cat_ids[int(label)],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    results = own_results if results is None else results
+
+    def summarize(only_cat=None):
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO()
+            gt.dataset = {"images": images, "annotations": anns,
+                          "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, NAMES)]}
+            gt.createIndex()
+            ev = COCOeval(gt, gt.loadRes(results), "bbox")
+            if only_cat is not None:
+                ev.params.catIds = [only_cat]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        return [float("nan") if s < 0 else float(s) for s in ev.stats]
+
+    per_class, per_class50 = {}, {}
+    for name, cid in zip(NAMES, cat_ids):
+        class_stats = summarize(cid)
+        per_class[name], per_class50[name] = class_stats[0], class_stats[1]
+    return summarize(), per_class, per_class50
 
 
 def assert_close(a, b, tol):
@@ -100,12 +108,13 @@ def test_matches_pycocotools_direct(backend, seed):
     ev.update(dets[:10], targets[:10])
     ev.update(dets[10:], targets[10:])
     m = ev.compute()
-    stats, per_class = pycocotools_direct(dets, targets)
+    stats, per_class, per_class50 = pycocotools_direct(dets, targets)
     tol = 1e-12 if backend == "pycocotools" else 1e-6
     for key, ref in zip(STAT_KEYS, stats):
         assert_close(m[key], ref, tol)
     for name in NAMES:
         assert_close(m["per_class_coco"][name], per_class[name], tol)
+        assert_close(m["per_class_coco50"][name], per_class50[name], tol)
     assert math.isnan(m["per_class_coco"]["cat"])  # no ground truth: undefined, as in pycocotools
     assert 0.05 < m["coco_ap"] < 0.95 and not math.isnan(m["coco_ap_s"]) and not math.isnan(m["coco_ap_l"])
     assert m["per_class"] == m["per_class_coco50"]
@@ -182,31 +191,21 @@ def test_real_category_ids_and_results():
     ev = COCOEvaluator(NAMES, cat_ids=cat_ids, backend="pycocotools")
     ev.update(dets, targets)
     m = ev.compute()
-    stats, per_class = pycocotools_direct(dets, targets, cat_ids=cat_ids)
+    stats, per_class, per_class50 = pycocotools_direct(dets, targets, cat_ids=cat_ids)
     for key, ref in zip(STAT_KEYS, stats):
         assert_close(m[key], ref, 1e-12)
     for name in NAMES:
         assert_close(m["per_class_coco"][name], per_class[name], 1e-12)
+        assert_close(m["per_class_coco50"][name], per_class50[name], 1e-12)
 
-    res = ev.coco_results()
+    # the results writer (detkit eval --results-out, detkit infer --save-json): a results file that
+    # pycocotools scores to the same numbers, with the real category ids
+    res = to_coco_results(dets, [t["image_id"] for t in targets], cat_ids=cat_ids)
     assert len(res) == sum(len(d["labels"]) for d in dets)
-    assert {r["image_id"] for r in res} <= {t["image_id"] for t in targets}
-    assert {r["category_id"] for r in res} <= set(cat_ids)
-    direct = to_coco_results(dets, [t["image_id"] for t in targets], cat_ids=cat_ids)
-    key = lambda r: (r["image_id"], r["category_id"], r["score"], r["bbox"])  # noqa: E731
-    assert sorted(direct, key=key) == sorted(res, key=key)
-
-
-def test_group_results_use_coco_category_ids():
-    from detkit.evaluation import build_evaluators
-
-    dets, targets = random_dataset(8, num_images=5)
-    cat_ids = [1, 3, 18, 17]
-    group = build_evaluators("all", NAMES, coco_options=dict(cat_ids=cat_ids))
-    group.update(dets, targets)
-    expected = to_coco_results(dets, [t["image_id"] for t in targets], cat_ids=cat_ids)
-    key = lambda r: (r["image_id"], r["category_id"], r["score"], r["bbox"])  # noqa: E731
-    assert sorted(group.coco_results(), key=key) == sorted(expected, key=key)
+    assert {r["category_id"] for r in res} == set(cat_ids)
+    written_stats, _, _ = pycocotools_direct(dets, targets, cat_ids=cat_ids, results=res)
+    for key, ref in zip(STAT_KEYS, written_stats):
+        assert_close(m[key], ref, 1e-12)
 
 
 def test_to_coco_results_values():
@@ -219,6 +218,14 @@ def test_to_coco_results_values():
     assert [r["category_id"] for r in to_coco_results([det], [7], cat_ids=[5, 9])] == [9, 5]
     with pytest.raises(ValueError, match="outside"):
         to_coco_results([det], [7], cat_ids=[5])
+    # for people (detkit infer --save-json): names, file names, rounding
+    det["boxes"] = det["boxes"] + 1 / 3
+    assert to_coco_results([det], [3], class_names=["a", "b"], file_names=["x.jpg"], decimals=(2, 1)) == [
+        {"image_id": 3, "category_id": 2, "bbox": [10.33, 20.33, 30.0, 5.0], "score": 0.5,
+         "category_name": "b", "file_name": "x.jpg"},
+        {"image_id": 3, "category_id": 1, "bbox": [0.33, 0.33, 1.0, 2.0], "score": 0.2,
+         "category_name": "a", "file_name": "x.jpg"},
+    ]
 
 
 def test_area_override_moves_objects_between_size_ranges():

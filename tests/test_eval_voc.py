@@ -12,7 +12,7 @@ import torch
 
 from detkit.errors import ConfigError, DataError
 from detkit.evaluation import VOCEvaluator, build_evaluators, format_table
-from detkit.evaluation._reference import voc_eval_all_reference
+from voc_reference import voc_eval_all_reference
 
 NUM_CLASSES = 6
 NAMES = [f"c{i}" for i in range(NUM_CLASSES)]

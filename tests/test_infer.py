@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from detkit import registry
 from detkit.cli import main
 from detkit.errors import ConfigError, DataError
-from detkit.inference.draw import class_colour, draw_detections
+from detkit.draw import class_colour, draw_detections
 from detkit.inference.run import infer, parse_class_filter, resolve_out_dir
 from detkit.inference.sources import ImageSource, open_source
 from detkit.structures import boxes_to_original
@@ -35,13 +35,13 @@ class FixedBoxDetector(torch.nn.Module):
         self.num_classes, self.class_names = num_classes, class_names
         self.gain = torch.nn.Parameter(torch.tensor(gain))  # something for the checkpoint to hold
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, metas=None):
         n, _, h, w = images.shape
         out = []
         for i in range(n):
             boxes = torch.tensor([[w * 0.25, h * 0.25, w * 0.75, h * 0.75], [0.0, 0.0, w * 0.2, h * 0.2]])
-            if targets is not None:
-                boxes = boxes_to_original(boxes, targets[i]["meta"])
+            if metas is not None:
+                boxes = boxes_to_original(boxes, metas[i])
             scores = torch.tensor([0.9, 0.4]) * self.gain.detach()
             out.append({"boxes": boxes, "scores": scores, "labels": torch.tensor([0, 1])})
         return out

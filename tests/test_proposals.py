@@ -1,8 +1,8 @@
 """Proposal generators: sliding windows (sizes, positions, cap, order, cache) and precomputed files.
 
 Expected values come from the documented geometry (window sizes, edge coverage, spacing) checked
-box by box, from :func:`detkit.structures.boxes_to_input` for the mapping of stored boxes, and from
-files written in the test.
+box by box, from the image meta's definition (``x_input = x_orig * sx + left``, written out) for the
+mapping of stored boxes, and from files written in the test.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from detkit import registry
 from detkit.errors import ConfigError, DataError
 from detkit.models.proposals.precomputed import PrecomputedProposals, read_proposals, write_proposals
 from detkit.models.proposals.sliding_window import SlidingWindow, bit_reversed_order
-from detkit.structures import boxes_to_input
 
 SCALES = (0.2, 0.4, 0.8)
 ASPECTS = (0.5, 1.0, 2.0)
@@ -206,7 +205,8 @@ def test_stored_boxes_are_mapped_through_the_resize_record_and_clipped(tmp_path)
     meta = {"file_name": "000005.jpg", "orig_size": (375, 500), "input_size": (448, 448),
             "scale": (0.896, 0.896), "pad": (0.0, 56.0)}
     got = generator(np.zeros((448, 448, 3), np.uint8), meta=meta)
-    expected = boxes_to_input(torch.from_numpy(stored()["000005.jpg"]), meta)
+    # x_input = x_orig * sx + left (the meta's definition), written out
+    expected = torch.from_numpy(stored()["000005.jpg"]) * 0.896 + torch.tensor([0.0, 56.0, 0.0, 56.0])
     expected[:, 0::2] = expected[:, 0::2].clamp(0, 448)
     expected[:, 1::2] = expected[:, 1::2].clamp(0, 448)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=1e-4)

@@ -21,7 +21,8 @@ def test_short_raccoon_schedule_beats_the_untrained_model(raccoon_root, tmp_path
     if "efficientnet_lite0" not in registry.available("backbones"):
         pytest.skip("the detkit-efficientnet-lite plugin is not installed")
     from detkit.config import load_config
-    from detkit.engine.runner import evaluate, train
+    from detkit.engine.runner import train
+    from detkit.evaluation.run import evaluate
     from detkit.models.builder import build_detector
 
     cfg = load_config(REPO / "configs" / "yolov1_raccoon_lite0.py", [

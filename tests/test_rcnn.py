@@ -441,7 +441,7 @@ def test_eval_decodes_scores_nms_and_maps_letterboxed_boxes_back(tiny_parts):
 
     # Letterboxed from a 100 x 40 original into 120 x 80 (scale 1.2, 16 px on top): mapped back.
     meta = {"orig_size": (40, 100), "input_size": (80, 120), "scale": (1.2, 1.2), "pad": (0.0, 16.0)}
-    [mapped] = model(images, [{"meta": meta}])
+    [mapped] = model(images, metas=[meta])
     torch.testing.assert_close(mapped["boxes"], boxes_to_original(det["boxes"], meta))
     torch.testing.assert_close(mapped["scores"], det["scores"])
 
@@ -481,11 +481,11 @@ def test_precomputed_proposals_through_the_detector(tiny_parts, tmp_path):
     model = build_detector(cfg, ["a"]).eval()
     meta = {"file_name": "img_1.jpg", "orig_size": (40, 100), "input_size": (80, 120), "scale": (1.2, 1.2),
             "pad": (0.0, 16.0)}
-    [boxes] = model.generate_proposals(torch.rand(1, 3, 80, 120), [{"meta": meta}], 10)
+    [boxes] = model.generate_proposals(torch.rand(1, 3, 80, 120), [meta], 10)
     np.testing.assert_allclose(boxes.numpy(), [[12, 28, 60, 52], [0, 16, 120, 64]], rtol=1e-6)
-    check_detections(model(torch.rand(1, 3, 80, 120), [{"meta": meta}]))
+    check_detections(model(torch.rand(1, 3, 80, 120), metas=[meta]))
     with pytest.raises(DataError, match=r"no proposals for image /x/img_2\.jpg"):
-        model(torch.rand(1, 3, 80, 120), [{"meta": {"file_name": "img_2.jpg", "path": "/x/img_2.jpg"}}])
+        model(torch.rand(1, 3, 80, 120), metas=[{"file_name": "img_2.jpg", "path": "/x/img_2.jpg"}])
     augmented = target([[1, 1, 9, 9]], [0], meta={**meta, "augmented": True})
     with pytest.raises(ConfigError, match="augmentation"):
         model.train()(torch.rand(1, 3, 80, 120), [augmented])
@@ -497,7 +497,7 @@ def test_detector_rejects_bad_inputs_and_bad_proposals_with_clear_errors(tiny_pa
     bad = build_detector(tiny_model_cfg(proposals={"type": "fixed_test_proposals"}), ["a"])
     bad.proposal_generator.boxes = np.zeros((3, 5), np.float32)
     with pytest.raises(DataError, match=r"FixedProposals returned shape \(3, 5\) for image /d/i\.png"):
-        bad.eval()(good, [{"meta": {"path": "/d/i.png"}}])
+        bad.eval()(good, metas=[{"path": "/d/i.png"}])
     with pytest.raises(ConfigError, match="bg_iou"):
         build_detector({**tiny_model_cfg(), "bg_iou": (0.2, 0.7)}, ["a"])
     with pytest.raises(ConfigError, match="predicts 5 classes but the data has 2"):
@@ -513,7 +513,7 @@ def test_short_training_on_shapes_raises_voc_map_well_above_the_untrained_model(
     from detkit.data.loader import build_dataloader
     from detkit.data.shapes import ShapesDataset, make_shapes
     from detkit.data.transforms import build_transforms
-    from detkit.engine.runner import run_evaluation
+    from detkit.evaluation.loop import run_evaluation
     from detkit.evaluation.voc import VOCEvaluator
 
     size, iterations = 96, 1000

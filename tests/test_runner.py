@@ -14,10 +14,11 @@ from click.testing import CliRunner
 from test_trainer import TinyDataset, TinyDet
 
 from detkit import registry
-from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from detkit.checkpoint import load_checkpoint, save_checkpoint
 from detkit.engine.hooks import Hook
-from detkit.engine.runner import evaluate, train
+from detkit.engine.runner import train
 from detkit.errors import CheckpointError, ConfigError
+from detkit.evaluation.run import evaluate
 
 
 @pytest.fixture
@@ -267,6 +268,24 @@ def test_evaluate_scores_detections_in_original_pixels(tiny, tmp_path):
     assert last["voc07_ap50"] == pytest.approx(metrics["voc07_ap50"], abs=1e-9)
 
 
+class TinyCocoDataset(TinyDataset):
+    """TinyDataset whose classes carry real COCO category ids, as a COCO json data set's do."""
+
+    cat_ids = (18, 3)
+
+
+def test_evaluate_writes_results_with_the_datasets_category_ids(tiny, tmp_path):
+    cfg = tiny_cfg(epochs=1)
+    cfg["data"]["val"]["type"] = "tiny_test_coco_ds"
+    save_checkpoint(tmp_path / "c.pth", {"model": TinyDet(2).state_dict(), "class_names": ["a", "b"]})
+    with registry.register("datasets", "tiny_test_coco_ds", TinyCocoDataset):
+        evaluate(cfg, tmp_path / "c.pth", metric="all", results_out=tmp_path / "r.json", device="cpu")
+    results = json.loads((tmp_path / "r.json").read_text())
+    # TinyDet gives one detection per class and image: label 0 -> category 18, label 1 -> category 3
+    assert sorted((r["image_id"], r["category_id"]) for r in results) == \
+        sorted((500 + i, c) for i in range(6) for c in (18, 3))
+
+
 def test_evaluate_refuses_mismatched_classes(tiny, tmp_path):
     cfg = tiny_cfg(epochs=1)
     model = TinyDet(3)
@@ -346,8 +365,12 @@ def test_compile_option_wraps_the_model_and_checkpoints_stay_plain(tiny, tmp_pat
         return real_compile(model, backend="eager", **kwargs)
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    summary = train(tiny_cfg(epochs=1, compile=True, channels_last=True), work_dir=tmp_path / "w", device="cpu")
+    cfg = tiny_cfg(epochs=1, compile=True, channels_last=True)
+    summary = train(cfg, work_dir=tmp_path / "w", device="cpu")
     assert calls == ["TinyDet"]
     state = load_checkpoint(summary["last_checkpoint"])["model"]
     assert set(state) == set(TinyDet(2).state_dict())  # no "_orig_mod." prefixes
-    assert summary["metrics"]["voc07_ap50"] >= 0  # evaluation ran through the compiled model
+    # evaluation ran through the compiled model: it scored what the plain model loaded from the
+    # saved checkpoint scores
+    plain = evaluate(cfg, summary["last_checkpoint"], metric="voc07", device="cpu")
+    assert summary["metrics"]["voc07_ap50"] == pytest.approx(plain["voc07_ap50"], abs=1e-9)

@@ -3,7 +3,7 @@ logging, checkpoint files and plots.
 
 Also defines the tiny detector and data set that test_runner.py / test_distributed.py / the train
 benchmark register in-process (``TinyDet``, ``TinyDataset``): they honour the contracts of
-docs/architecture.md (targets with meta, detections mapped to original pixels when targets are given).
+docs/architecture.md (targets with meta, detections mapped to original pixels when metas are given).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from torch import nn
 
 from detkit.engine.hooks import CheckpointHook, Hook, IterTimerHook, LoggerHook, PlotHook
 from detkit.engine.trainer import NonFiniteLossError, Trainer
+from detkit.errors import ConfigError
+from detkit.schema import resolve_train_config
 from detkit.structures import boxes_to_original
 
 
@@ -46,7 +48,7 @@ class TinyDet(nn.Module):
         self.head = nn.Linear(width, 4 + num_classes)
         self.nan_ids = set(nan_ids)
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, metas=None):
         n, _, h, w = images.shape
         feats = torch.relu(self.norm(self.conv(images))).mean(dim=(2, 3))
         out = self.head(self.drop(feats))
@@ -67,8 +69,8 @@ class TinyDet(nn.Module):
         dets = []
         for i in range(n):
             b = boxes[i : i + 1].repeat(self.num_classes, 1)
-            if targets is not None:
-                b = boxes_to_original(b, targets[i]["meta"])
+            if metas is not None:
+                b = boxes_to_original(b, metas[i])
             dets.append({"boxes": b, "scores": probs[i], "labels": torch.arange(self.num_classes)})
         return dets
 
@@ -229,6 +231,18 @@ def test_gradient_accumulation_equals_one_step_on_the_mean_gradient():
     # the tail window has one batch: scaled by 1/1, not 1/2
     torch.testing.assert_close(model.w.detach(), mid - 0.1 * ref.w.grad)
     assert steps == [1, 2]
+
+
+@pytest.mark.parametrize("key, value", [("nan_policy", "ignore"), ("accumulate", 0), ("grad_clip", -1.0),
+                                        ("amp_dtype", "fp8")])
+def test_trainer_arguments_fail_like_the_config_keys(key, value):
+    # one schema: a Trainer built from Python rejects what a config would, with the same message
+    with pytest.raises(ConfigError) as from_config:
+        resolve_train_config({key: value})
+    model = TinyDet(2)
+    with pytest.raises(ConfigError) as from_trainer:
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), make_loader(), max_epochs=1, **{key: value})
+    assert str(from_trainer.value) == str(from_config.value)
 
 
 def test_grad_clip_limits_the_global_norm():
@@ -456,7 +470,7 @@ def test_checkpoint_hook_keeps_last_k_and_links_best(tmp_path):
         def after_epoch(self, trainer):
             trainer.eval_metrics = {"voc07_ap50": scores[trainer.epochs_done]}
 
-    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.checkpoint import load_checkpoint
     from detkit.engine.hooks import BestMetricHook
 
     saved_weights = {}

@@ -439,7 +439,7 @@ def test_detector_eval_decodes_and_maps_letterboxed_boxes_to_the_original_image(
     # The original image was 100 (W) x 40 (H), letterboxed into 120 x 80: scale 1.2 -> 120 x 48,
     # padded 16 px at the top. Back: x / 1.2, (y - 16) / 1.2.
     meta = {"orig_size": (40, 100), "input_size": (80, 120), "scale": (1.2, 1.2), "pad": (0.0, 16.0)}
-    [det] = model(images, [{"meta": meta}])
+    [det] = model(images, metas=[meta])
     expected = torch.tensor([15 / 1.2, (40 - 16) / 1.2, 45 / 1.2, (60 - 16) / 1.2])
     torch.testing.assert_close(det["boxes"][det["scores"].argmax()], expected)
 

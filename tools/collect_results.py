@@ -23,6 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from detkit.evaluation.names import HEADLINE_KEYS
+
 REPO = Path(__file__).resolve().parents[1]
 
 # name, run directory, command, data description
@@ -36,7 +38,7 @@ RECIPES = [
     ("rcnn_raccoon_lite0", "work_dirs/rcnn_raccoon_lite0",
      "`detkit train configs/rcnn_raccoon_lite0.py`", "same, selective search"),
 ]
-METRICS = ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75")
+METRICS = HEADLINE_KEYS  # the table's metric columns, in order
 FINISHED = re.compile(r"training finished: (\d+) epoch\(s\) in (\d+):(\d+):(\d+)")
 
 

@@ -107,7 +107,9 @@ def main() -> int:
 
     metrics = json.loads(metrics_file.read_text())
     print("\n==== demo finished ====")
-    for key in ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75"):
+    from detkit.evaluation.names import HEADLINE_KEYS
+
+    for key in HEADLINE_KEYS:
         if key in metrics:
             print(f"  {key:12s} {metrics[key]:.4f}")
     print(f"  run directory : {args.work_dir}/ (config.json, train.log, metrics.jsonl, checkpoints)")

@@ -16,7 +16,7 @@ and returns ``(image, target)``:
 * ``image``: float32 tensor ``[3, H, W]``, RGB, 0..1
 * ``target``: ``dict(boxes=FloatTensor[K, 4] xyxy input pixels, labels=LongTensor[K] (0..C-1),
   difficult=BoolTensor[K], iscrowd=BoolTensor[K], image_id=int, meta=dict(orig_size, input_size,
-  scale, pad, file_name, path))``
+  scale, pad, file_name, path, image_id))``
 
 Transforms are callables ``transform(sample) -> sample`` on the dict
 ``dict(image=uint8 HWC RGB ndarray, boxes=float32 [K,4], labels=int64 [K], difficult=bool [K],
@@ -167,7 +167,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         else:
             keep = np.zeros(0, bool)
         meta = identity_meta(h, w)
-        meta.update(file_name=ann.file_name, path=str(self.image_path(index)))
+        # image_id too: the meta is all a detector sees of an image at evaluation (metas=...), and
+        # precomputed proposals may be keyed by it.
+        meta.update(file_name=ann.file_name, path=str(self.image_path(index)), image_id=ann.image_id)
         return {
             "image": image,
             "boxes": boxes[keep],

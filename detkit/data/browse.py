@@ -3,7 +3,7 @@
 Without ``transformed`` the images are drawn as stored (after EXIF orientation, boxes as the dataset
 cleaned them: what the model is meant to learn). With ``transformed`` each sample first goes through
 the split's transforms (resize / letterbox / augmentation), so the picture shows exactly what the
-model receives. Colours per class are the ones ``detkit infer`` uses.
+model receives. Drawing (and the colour per class) is :mod:`detkit.draw`, shared with ``detkit infer``.
 """
 
 from __future__ import annotations
@@ -15,45 +15,7 @@ import numpy as np
 
 from detkit.errors import DataError
 
-__all__ = ["browse", "draw_ground_truth"]
-
-
-def draw_ground_truth(image: np.ndarray, boxes, labels, class_names, difficult=None, iscrowd=None) -> np.ndarray:
-    """A copy of the RGB ``image`` with ``boxes`` (xyxy) and class names drawn.
-
-    Difficult and crowd boxes are drawn thin and labelled ``name (difficult)`` / ``name (crowd)``.
-    """
-    import cv2
-
-    from detkit.inference.draw import class_colour
-
-    out = np.ascontiguousarray(image.copy())
-    h, w = out.shape[:2]
-    thickness = max(1, round(min(h, w) / 300))
-    font_scale = max(0.4, min(h, w) / 900)
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    labels = np.asarray(labels, np.int64).reshape(-1)
-    difficult = np.zeros(len(boxes), bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
-    iscrowd = np.zeros(len(boxes), bool) if iscrowd is None else np.asarray(iscrowd, bool).reshape(-1)
-    for box, label, is_difficult, is_crowd in zip(boxes, labels.tolist(), difficult, iscrowd):
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        colour = class_colour(label)
-        special = is_difficult or is_crowd
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, 1 if special else thickness, lineType=cv2.LINE_AA)
-        text = class_names[label] if 0 <= label < len(class_names) else str(label)
-        if is_crowd:
-            text += " (crowd)"
-        elif is_difficult:
-            text += " (difficult)"
-        (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        top = y1 - th - baseline - 2 if y1 - th - baseline - 2 >= 0 else y1
-        top = max(0, min(top, h - th - baseline - 2))
-        left = max(0, min(x1, w - tw - 2))
-        cv2.rectangle(out, (left, top), (left + tw + 2, top + th + baseline + 2), colour, -1)
-        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-        cv2.putText(out, text, (left + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (0, 0, 0) if luminance > 150 else (255, 255, 255), 1, lineType=cv2.LINE_AA)
-    return out
+__all__ = ["browse"]
 
 
 def _displayable(image) -> np.ndarray:
@@ -90,6 +52,7 @@ def browse(cfg: dict, split: str = "train", out_dir: str = "runs/browse", num: i
     import cv2
 
     from detkit.data.builder import build_dataset
+    from detkit.draw import draw_ground_truth
 
     # No verification pass: only the first `num` samples are read, and unreadable ones are listed below.
     dataset = build_dataset(cfg, split, verify=False)

@@ -20,11 +20,12 @@ model would learn that there is nothing to detect), a split with no usable sampl
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from detkit import registry
 from detkit.errors import ConfigError, DataError
 
-__all__ = ["build_dataset", "data_max_pixels"]
+__all__ = ["build_dataset", "data_max_pixels", "check_same_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,3 +93,12 @@ def verify_and_exclude(dataset, name: str, *, training: bool = False, **options)
                        "the annotation files (`detkit check-data`)", name, len(dataset))
     dataset.verification = report
     return report
+
+
+def check_same_classes(a: Sequence[str], b: Sequence[str], what_a: str, what_b: str) -> None:
+    """Two class lists that must agree (training vs validation data, a checkpoint vs the data)."""
+    if tuple(a) != tuple(b):
+        raise ConfigError(
+            f"{what_a} has classes {list(a)} but {what_b} has {list(b)}; labels would not match "
+            "(set data.classes to the same list)"
+        )

@@ -40,16 +40,15 @@ from __future__ import annotations
 
 import bisect
 import logging
-import random
 import traceback
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, default_collate
 
 from detkit.errors import ConfigError, DataError
+from detkit.seeding import derive_seed, seed_host
 
 __all__ = ["BadSample", "DetectionDataLoader", "build_dataloader", "collate", "seed_worker"]
 
@@ -183,16 +182,10 @@ def _seed_transforms(dataset, seed: int) -> None:
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn``: seed random, numpy and the dataset's augmentation from torch's worker seed."""
     seed = torch.initial_seed() % 2**32  # torch sets base_seed + worker_id in each worker
-    random.seed(seed)
-    np.random.seed(seed)
+    seed_host(seed)
     info = torch.utils.data.get_worker_info()
     if info is not None:
         _seed_transforms(info.dataset, seed)
-
-
-def _mixed_seed(*parts: int) -> int:
-    """One well-mixed 63-bit seed from several integers (seed, epoch, rank)."""
-    return int(np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +219,7 @@ class DetectionDataLoader(DataLoader):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         if self.generator is not None:
-            self.generator.manual_seed(_mixed_seed(self.seed, epoch, self.rank))
+            self.generator.manual_seed(derive_seed(self.seed, epoch, self.rank, bits=63))
 
     def __iter__(self):
         self.skipped = []
@@ -306,7 +299,7 @@ def build_dataloader(dataset, *, batch_size: int, shuffle: bool, num_workers: in
         rank = dist.get_rank()
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator()
-    generator.manual_seed(_mixed_seed(seed, 0, rank))
+    generator.manual_seed(derive_seed(seed, 0, rank, bits=63))
     return DetectionDataLoader(
         dataset,
         bad_sample=bad_sample,

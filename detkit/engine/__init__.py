@@ -1,8 +1,10 @@
-"""Training and evaluation engine: the trainer loop, hooks, checkpoints, optimisers, distributed
-helpers and the ``detkit train`` / ``detkit eval`` runners.
+"""Training engine: the trainer loop, hooks, optimisers, distributed helpers, run logging, the run
+directory and the ``detkit train`` runner (checkpoint files: :mod:`detkit.checkpoint`; ``detkit eval``:
+:mod:`detkit.evaluation.run`, ``evaluate`` stays importable from here).
 
-    from detkit.engine import Trainer, Hook, save_checkpoint, load_checkpoint
-    from detkit.engine.runner import train, evaluate
+    from detkit.engine import Trainer, Hook
+    from detkit.engine.runner import train
+    from detkit.evaluation.run import evaluate
 
 Names are imported on first use, so ``import detkit.engine`` stays cheap.
 """
@@ -14,8 +16,6 @@ import importlib
 __all__ = [
     "Trainer",
     "Hook",
-    "save_checkpoint",
-    "load_checkpoint",
     "build_optimizer",
     "build_scheduler",
     "train",
@@ -25,12 +25,10 @@ __all__ = [
 _WHERE = {
     "Trainer": "detkit.engine.trainer",
     "Hook": "detkit.engine.hooks",
-    "save_checkpoint": "detkit.engine.checkpoint",
-    "load_checkpoint": "detkit.engine.checkpoint",
     "build_optimizer": "detkit.engine.optim",
     "build_scheduler": "detkit.engine.optim",
     "train": "detkit.engine.runner",
-    "evaluate": "detkit.engine.runner",
+    "evaluate": "detkit.evaluation.run",
 }
 
 

@@ -45,11 +45,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from detkit.device import select_device
 from detkit.errors import ConfigError
 
 __all__ = [
@@ -66,8 +66,6 @@ __all__ = [
     "broadcast_from_main",
     "all_true",
     "ShardSampler",
-    "set_loader_epoch",
-    "select_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,22 +93,6 @@ class DistInfo:
 
 def torchrun_env_present() -> bool:
     return all(v in os.environ for v in _TORCHRUN_VARS)
-
-
-def select_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
-    """``None`` = CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
-    if device is None or device == "":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, ...)") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def init_distributed(launcher: str = "none", device: str | torch.device | None = None,
@@ -226,32 +208,3 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.stop - self.start
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A 32-bit seed derived from (seed, epoch, rank) with numpy's SeedSequence (well mixed, so
-    neighbouring epochs or ranks get unrelated streams)."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(rank)]).generate_state(1)[0])
-
-
-def set_loader_epoch(loader, epoch: int, seed: int | None = None) -> None:
-    """Tell a training loader which epoch starts, so its shuffling depends on (seed, epoch) only.
-
-    Calls ``set_epoch`` on the loader, its sampler and batch sampler where they have it
-    (``DistributedSampler``, detkit's loaders). A loader without any ``set_epoch`` that shuffles
-    with a ``torch.Generator`` gets that generator reseeded from (seed, epoch), so a resumed run
-    draws the same order as an uninterrupted one.
-    """
-    owners = [loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
-              getattr(getattr(loader, "batch_sampler", None), "sampler", None)]
-    called = False
-    for owner in owners:
-        if owner is not None and callable(getattr(owner, "set_epoch", None)):
-            owner.set_epoch(epoch)
-            called = True
-    if called or seed is None:
-        return
-    for owner in owners:
-        gen = getattr(owner, "generator", None)
-        if isinstance(gen, torch.Generator):
-            gen.manual_seed(epoch_seed(seed, epoch))

@@ -43,9 +43,12 @@ from typing import Callable
 
 import torch
 
-from detkit.engine.checkpoint import link_or_copy, save_checkpoint
+from detkit.checkpoint import link_or_copy, save_checkpoint
 from detkit.engine.dist import get_world_size
+from detkit.engine.run_logging import stderr_is_terminal
 from detkit.errors import ConfigError
+from detkit.evaluation.names import HEADLINE_KEYS
+from detkit.jsonio import to_jsonable
 
 __all__ = [
     "Hook",
@@ -56,14 +59,9 @@ __all__ = [
     "CheckpointHook",
     "LoggerHook",
     "PlotHook",
-    "EVAL_KEYS",
-    "stderr_is_terminal",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Scalar evaluation keys copied into the per-epoch metrics record and plotted.
-EVAL_KEYS = ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75")
 
 
 class Hook:
@@ -94,13 +92,6 @@ class Hook:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(priority={self.priority})"
-
-
-def stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _format_seconds(seconds: float) -> str:
@@ -350,7 +341,7 @@ class LoggerHook(Hook):
             record["skipped_samples"] = bad
         record["epoch_time_s"] = getattr(trainer, "epoch_time", float("nan"))
         metrics = trainer.eval_metrics or {}
-        for key in EVAL_KEYS:
+        for key in HEADLINE_KEYS:
             if key in metrics:
                 record[key] = metrics[key]
         if "per_class" in metrics:
@@ -363,7 +354,7 @@ class LoggerHook(Hook):
                 if key not in ("type", "epoch", "iter") and _is_number(value):
                     self._tb.add_scalar(f"epoch/{key}", value, record["epoch"])
         losses = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("loss"))
-        evals = "  ".join(f"{k} {metrics[k]:.4f}" for k in EVAL_KEYS if _is_number(metrics.get(k)))
+        evals = "  ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE_KEYS if _is_number(metrics.get(k)))
         best = (f"  (best {trainer.best_metric_name} {trainer.best_metric:.4f} at epoch {trainer.best_epoch})"
                 if trainer.best_metric is not None else "")
         logger.info("epoch %d/%d done in %s: %s%s%s%s", trainer.epochs_done, trainer.max_epochs,
@@ -384,7 +375,7 @@ class LoggerHook(Hook):
     # -- formatting ------------------------------------------------------------------------------
     def _write(self, record: dict) -> None:
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps(_jsonable(record)) + "\n")
+            self._jsonl.write(json.dumps(to_jsonable(record)) + "\n")
             self._jsonl.flush()
 
     @staticmethod
@@ -421,22 +412,6 @@ class LoggerHook(Hook):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _jsonable(value):
-    """NaN/inf become null (JSON has no NaN); tensors/numpy scalars become numbers."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-        return _jsonable(value)
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _open_metrics(path: Path, keep_until_iter: int):

@@ -43,7 +43,6 @@ you want to compare against.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Mapping
@@ -53,6 +52,7 @@ import torch
 from torch import nn
 
 from detkit.errors import ConfigError
+from detkit.schema import check_choice, check_keys, check_value
 
 __all__ = [
     "build_optimizer",
@@ -62,7 +62,6 @@ __all__ = [
     "IterationScheduler",
     "resolve_amp",
     "AmpSettings",
-    "check_keys",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,26 +91,6 @@ _SCHEDULER_DEFAULTS = {
     "yolov1": dict(warmup_epochs=5.0, warmup_start_factor=0.1, milestones=[80, 110], gamma=0.1),
     "constant": dict(warmup_epochs=0.0, warmup_start_factor=0.1),
 }
-
-
-def check_keys(cfg: Mapping, allowed, path: str) -> None:
-    """Unknown keys are typos: raise ConfigError naming ``path.key`` with the closest allowed key."""
-    for key in cfg:
-        if key in allowed:
-            continue
-        msg = f"{path}.{key}: unknown key."
-        close = difflib.get_close_matches(str(key), sorted(allowed), n=2, cutoff=0.6)
-        if close:
-            msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
-        raise ConfigError(msg + f" Allowed: {', '.join(sorted(allowed))}.")
-
-
-def _choice(value, choices, path: str) -> str:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{path}: '{value}' is not one of {', '.join(choices)}.{hint}")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +129,7 @@ def build_optimizer(model: nn.Module, cfg: Mapping, path: str = "train.optimizer
     """``torch.optim.SGD`` or ``AdamW`` over :func:`param_groups` of ``model``."""
     if not isinstance(cfg, Mapping) or "type" not in cfg:
         raise ConfigError(f"{path}: expected dict(type='sgd' or 'adamw', lr=...), got {cfg!r}")
-    kind = _choice(str(cfg["type"]).lower(), tuple(_OPTIMIZER_KEYS), f"{path}.type")
+    kind = check_choice(str(cfg["type"]).lower(), tuple(_OPTIMIZER_KEYS), f"{path}.type")
     check_keys(cfg, _OPTIMIZER_KEYS[kind], path)
     if "lr" not in cfg:
         raise ConfigError(f"{path}.lr: the learning rate is required")
@@ -254,7 +233,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping | None, *, ep
                     iters_per_epoch: int, path: str = "train.scheduler") -> IterationScheduler:
     """An :class:`IterationScheduler` for ``epochs * iters_per_epoch`` iterations."""
     cfg = dict(cfg or {"type": "constant"})
-    kind = _choice(str(cfg.get("type", "")).lower(), tuple(_SCHEDULER_KEYS), f"{path}.type")
+    kind = check_choice(str(cfg.get("type", "")).lower(), tuple(_SCHEDULER_KEYS), f"{path}.type")
     check_keys(cfg, _SCHEDULER_KEYS[kind], path)
     opts = {**_SCHEDULER_DEFAULTS[kind], **{k: v for k, v in cfg.items() if k != "type"}}
     iters_per_epoch = max(1, int(iters_per_epoch))
@@ -305,9 +284,8 @@ class AmpSettings:
 def resolve_amp(amp: bool, amp_dtype: str, device: torch.device | str) -> AmpSettings:
     """What ``amp`` / ``amp_dtype`` mean on ``device`` (see module docstring for the CPU choice)."""
     device = torch.device(device)
-    dtype = _AMP_DTYPES.get(str(amp_dtype).lower())
-    if dtype is None:
-        raise ConfigError(f"train.amp_dtype: '{amp_dtype}' is not one of bf16, fp16")
+    check_value("train", "amp_dtype", amp_dtype)
+    dtype = _AMP_DTYPES[amp_dtype]
     if amp and device.type != "cuda":
         logger.warning("train.amp=True is ignored on %s: mixed precision is used on CUDA only "
                        "(training runs in float32)", device.type)

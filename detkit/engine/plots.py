@@ -16,9 +16,9 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["read_metrics", "plot_metrics"]
+from detkit.evaluation.names import HEADLINE_KEYS
 
-EVAL_KEYS = ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75")
+__all__ = ["read_metrics", "plot_metrics"]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -93,11 +93,11 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
         ax.legend()
         save(fig, "loss.png")
 
-    evaluated = [r for r in epochs if any(_number(r.get(k)) for k in EVAL_KEYS)]
+    evaluated = [r for r in epochs if any(_number(r.get(k)) for k in HEADLINE_KEYS)]
     if evaluated:
         fig = Figure(figsize=(8, 5))
         ax = fig.add_subplot()
-        for key in EVAL_KEYS:
+        for key in HEADLINE_KEYS:
             pts = [(r["epoch"], r[key]) for r in evaluated if _number(r.get(key))]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=key)

@@ -46,17 +46,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 
-from detkit.engine import checkpoint as ckpt_io
-from detkit.engine.dist import all_true, epoch_seed, get_rank, set_loader_epoch
+from detkit import checkpoint as ckpt_io
+from detkit.engine.dist import all_true, get_rank
 from detkit.engine.optim import resolve_amp
 from detkit.errors import CheckpointError, ConfigError, DetkitError
+from detkit.schema import check_value
+from detkit.seeding import derive_seed, seed_everything, set_loader_epoch
 
 __all__ = ["Trainer", "ScalarBuffer", "NonFiniteLossError", "move_targets"]
 
@@ -124,12 +124,10 @@ class Trainer:
                  amp: bool = False, amp_dtype: str = "bf16", channels_last: bool = False,
                  nan_policy: str = "raise", seed: int | None = None,
                  extra_state: Mapping | None = None):
-        if nan_policy not in ("raise", "skip"):
-            raise ConfigError(f"train.nan_policy: '{nan_policy}' is not one of raise, skip")
-        if int(accumulate) < 1:
-            raise ConfigError(f"train.accumulate must be >= 1, got {accumulate}")
-        if grad_clip is not None and not float(grad_clip) > 0:
-            raise ConfigError(f"train.grad_clip must be > 0 or None, got {grad_clip}")
+        # The checks of the config schema (values from `detkit train` passed them already; this is
+        # for Python code that builds a Trainer itself).
+        for key, value in (("accumulate", accumulate), ("grad_clip", grad_clip), ("nan_policy", nan_policy)):
+            check_value("train", key, value)
         self.model = model
         self.optimizer = optimizer
         self.data_loader = data_loader
@@ -214,10 +212,7 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         if self.seed is not None:
-            seed = epoch_seed(self.seed, self.epoch, get_rank())
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            random.seed(seed)
+            seed_everything(derive_seed(self.seed, self.epoch, get_rank()))
         set_loader_epoch(self.data_loader, self.epoch, self.seed)
         self.model.train()
         self.eval_metrics = None
@@ -355,7 +350,7 @@ class Trainer:
 
     # -- checkpoint state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything a resumed run needs (weights-only-safe; see detkit.engine.checkpoint)."""
+        """Everything a resumed run needs (weights-only-safe; see detkit.checkpoint)."""
         state = {
             "format": ckpt_io.CHECKPOINT_FORMAT,
             "version": ckpt_io.CHECKPOINT_VERSION,

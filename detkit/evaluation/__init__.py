@@ -1,9 +1,14 @@
-"""Detection metrics: Pascal VOC AP (devkit rules, vectorised) and COCO AP (pycocotools).
+"""Detection metrics: Pascal VOC AP (devkit rules, vectorised) and COCO AP (pycocotools), the
+evaluation loop over a data set, and ``detkit eval``.
+
+Modules: ``names`` (the metric names), ``base`` (what evaluators share), ``voc`` / ``coco`` (the
+metrics), ``builder`` (``build_evaluators``), ``table`` (``format_table``), ``loop``
+(``run_evaluation``: a model over a loader), ``run`` (``evaluate``: ``detkit eval``).
 
     from detkit.evaluation import build_evaluators, format_table
     ev = build_evaluators("all", class_names)       # or VOCEvaluator(...), COCOEvaluator(...)
     for images, targets in loader:
-        ev.update(model(images, targets), targets)
+        ev.update(model(images), targets)            # both in input pixels (or pass metas=)
     metrics = ev.compute()                           # voc07_ap50, voc_ap50, coco_ap, ..., per_class
     print(format_table(metrics))
 
@@ -23,6 +28,8 @@ __all__ = [
     "build_evaluators",
     "format_table",
     "to_coco_results",
+    "run_evaluation",
+    "evaluate",
 ]
 
 _WHERE = {
@@ -31,8 +38,10 @@ _WHERE = {
     "to_coco_results": "detkit.evaluation.coco",
     "Evaluator": "detkit.evaluation.base",
     "EvaluatorGroup": "detkit.evaluation.base",
-    "build_evaluators": "detkit.evaluation.base",
-    "format_table": "detkit.evaluation.base",
+    "build_evaluators": "detkit.evaluation.builder",
+    "format_table": "detkit.evaluation.table",
+    "run_evaluation": "detkit.evaluation.loop",
+    "evaluate": "detkit.evaluation.run",
 }
 
 

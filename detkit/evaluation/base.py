@@ -1,4 +1,4 @@
-"""What every detkit evaluator shares: per-image records, distributed state, grouping, the table.
+"""What every detkit evaluator shares: per-image records, distributed state, grouping.
 
 An evaluator collects, for every image, its ground truth and its detections as plain numpy arrays
 (:class:`ImageRecord`), keyed by the target's ``image_id``. Metrics are computed only in
@@ -29,7 +29,6 @@ dropped, counted (``num_nonfinite_dropped``) and logged instead of poisoning the
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,14 +37,7 @@ import numpy as np
 
 from detkit.errors import ConfigError, DataError
 
-__all__ = [
-    "ImageRecord",
-    "Evaluator",
-    "EvaluatorGroup",
-    "METRIC_NAMES",
-    "build_evaluators",
-    "format_table",
-]
+__all__ = ["ImageRecord", "Evaluator", "EvaluatorGroup"]
 
 logger = logging.getLogger(__name__)
 
@@ -365,18 +357,6 @@ class Evaluator:
     def compute(self) -> dict:
         raise NotImplementedError
 
-    def coco_results(self, cat_ids: Sequence[int] | None = None) -> list[dict]:
-        """The collected detections as COCO results (``image_id, category_id, bbox xywh, score``) for
-        a results JSON, with the targets' own image ids (0-based arrival index for images without
-        one); label ``l`` becomes ``cat_ids[l]`` (default ``l + 1``)."""
-        from detkit.evaluation.coco import to_coco_results
-
-        keys = sorted(self._records, key=_sort_key)
-        records = [self._records[k] for k in keys]
-        image_ids = [r.image_id if r.image_id is not None else k[1] for k, r in zip(keys, records)]
-        detections = [{"boxes": r.det_boxes, "scores": r.det_scores, "labels": r.det_labels} for r in records]
-        return to_coco_results(detections, image_ids, cat_ids)
-
 
 # ----------------------------------------------------------------------------------------------
 # Several evaluators as one
@@ -427,121 +407,3 @@ class EvaluatorGroup:
     @property
     def num_images(self) -> int:
         return self.evaluators[0].num_images
-
-    def coco_results(self, cat_ids: Sequence[int] | None = None) -> list[dict]:
-        """COCO results of the collected detections (every member holds the same images); category ids
-        from ``cat_ids``, else from a member COCOEvaluator's, else ``label + 1``."""
-        if cat_ids is None:
-            cat_ids = next((ev.cat_ids for ev in self.evaluators if getattr(ev, "cat_ids", None)), None)
-        return self.evaluators[0].coco_results(cat_ids)
-
-
-METRIC_NAMES = ("voc07", "voc", "coco", "all")
-
-
-def build_evaluators(metric, class_names: Sequence[str], *, voc_options: Mapping | None = None,
-                     coco_options: Mapping | None = None) -> EvaluatorGroup:
-    """Evaluators for ``metric``: ``'voc07' | 'voc' | 'coco' | 'all'`` or a list of these.
-
-    VOC07 and VOC-area metrics share one :class:`VOCEvaluator` (one matching pass). ``voc_options``
-    / ``coco_options`` are extra keyword arguments of :class:`VOCEvaluator` / :class:`COCOEvaluator`
-    (e.g. ``coco_options=dict(cat_ids=[...], backend='faster')``).
-    """
-    names = [metric] if isinstance(metric, str) else list(metric or [])
-    if not names:
-        raise ConfigError("eval.metric: no metric given; choose from " + ", ".join(METRIC_NAMES))
-    wanted: list[str] = []
-    for name in names:
-        if name not in METRIC_NAMES:
-            raise ConfigError(f"eval.metric: unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
-        for n in (("voc07", "voc", "coco") if name == "all" else (name,)):
-            if n not in wanted:
-                wanted.append(n)
-
-    from detkit.evaluation.coco import COCOEvaluator
-    from detkit.evaluation.voc import VOCEvaluator
-
-    evaluators: list[Evaluator] = []
-    voc_metrics = tuple(n for n in wanted if n in ("voc07", "voc"))
-    if voc_metrics:
-        evaluators.append(VOCEvaluator(class_names, metrics=voc_metrics, **dict(voc_options or {})))
-    if "coco" in wanted:
-        evaluators.append(COCOEvaluator(class_names, **dict(coco_options or {})))
-    return EvaluatorGroup(evaluators)
-
-
-# ----------------------------------------------------------------------------------------------
-# Readable table
-# ----------------------------------------------------------------------------------------------
-
-# (metrics key, column title) of the per-class AP columns, in display order
-_PER_CLASS_COLUMNS = (
-    ("per_class_voc07", "AP50 voc07"),
-    ("per_class_voc", "AP50 voc"),
-    ("per_class_coco50", "AP50 coco"),
-    ("per_class_coco", "AP coco"),
-)
-# summary keys, in display order; others are appended as found
-_SUMMARY_ORDER = ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75", "coco_ap_s", "coco_ap_m",
-                  "coco_ap_l", "coco_ar1", "coco_ar10", "coco_ar100", "coco_ar_s", "coco_ar_m", "coco_ar_l")
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    return f"{float(value):.4f}"
-
-
-def format_table(metrics: Mapping) -> str:
-    """A per-class table (GT / detection counts, recall, every per-class AP present) and a summary.
-
-    APs are fractions (0..1). ``nan`` marks an AP that is undefined (COCO: no ground truth).
-    """
-    columns = [(key, title) for key, title in _PER_CLASS_COLUMNS if isinstance(metrics.get(key), Mapping)]
-    if not columns and isinstance(metrics.get("per_class"), Mapping):
-        columns = [("per_class", "AP50")]
-    stats = metrics.get("per_class_stats") if isinstance(metrics.get("per_class_stats"), Mapping) else {}
-    names: list[str] = []
-    for key, _ in columns:
-        names += [n for n in metrics[key] if n not in names]
-    names += [n for n in stats if n not in names]
-
-    lines = []
-    if names:
-        header = ["class"] + (["gts", "dets", "recall"] if stats else []) + [t for _, t in columns]
-        rows = []
-        for name in names:
-            row = [name]
-            if stats:
-                s = stats.get(name, {})
-                row += [_fmt(s.get("num_gt")), _fmt(s.get("num_det")), _fmt(s.get("recall"))]
-            row += [_fmt(metrics[key].get(name)) for key, _ in columns]
-            rows.append(row)
-        mean_row = ["mean"] + ([""] * 3 if stats else [])
-        for key, _ in columns:
-            values = [float(v) for v in metrics[key].values() if not (isinstance(v, float) and math.isnan(v))]
-            mean_row.append(_fmt(float(np.mean(values)) if values else float("nan")))
-        rows.append(mean_row)
-        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-
-        def render(row):
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-        lines.append(render(header))
-        lines.append("-" * len(lines[0]))
-        lines += [render(r) for r in rows[:-1]]
-        lines.append("-" * len(lines[0]))
-        lines.append(render(rows[-1]))
-        lines.append("")
-
-    scalars = [k for k in _SUMMARY_ORDER if k in metrics]
-    scalars += [k for k, v in metrics.items() if k not in scalars and not isinstance(v, Mapping)
-                and isinstance(v, (int, float, np.number))]
-    if scalars:
-        width = max(len(k) for k in scalars)
-        lines += [f"{k.ljust(width)}  {_fmt(metrics[k])}" for k in scalars]
-    return "\n".join(lines)

@@ -31,14 +31,12 @@ import numpy as np
 
 from detkit.errors import ConfigError
 from detkit.evaluation.base import Evaluator, ImageRecord
+from detkit.evaluation.names import COCO_STAT_KEYS
 
 __all__ = ["COCOEvaluator", "to_coco_results", "COCO_STAT_KEYS"]
 
 logger = logging.getLogger(__name__)
 
-# the 12 numbers of COCOeval.summarize() for boxes, in its order
-COCO_STAT_KEYS = ("coco_ap", "coco_ap50", "coco_ap75", "coco_ap_s", "coco_ap_m", "coco_ap_l",
-                  "coco_ar1", "coco_ar10", "coco_ar100", "coco_ar_s", "coco_ar_m", "coco_ar_l")
 BACKENDS = ("auto", "pycocotools", "faster")
 
 
@@ -59,29 +57,42 @@ def _category_ids(cat_ids: Sequence[int] | None, num_classes: int) -> list[int]:
     return ids
 
 
-def to_coco_results(detections: Sequence[Mapping], image_ids: Sequence, cat_ids: Sequence[int] | None = None
-                    ) -> list[dict]:
-    """COCO results (``[{image_id, category_id, bbox: [x, y, w, h], score}]``) for a results JSON.
+def to_coco_results(detections: Sequence[Mapping], image_ids: Sequence, cat_ids: Sequence[int] | None = None,
+                    *, class_names: Sequence[str] | None = None, file_names: Sequence[str] | None = None,
+                    decimals: tuple[int, int] | None = None) -> list[dict]:
+    """COCO results (``[{image_id, category_id, bbox: [x, y, w, h], score}]``): the one writer of them,
+    for ``detkit eval --results-out``, ``detkit infer --save-json`` and the evaluator's own COCOeval input.
 
     ``detections[i]`` belongs to ``image_ids[i]``; label ``l`` becomes ``cat_ids[l]`` (default ``l + 1``).
+    ``class_names`` adds each record's ``category_name`` and ``file_names`` (one per image) its
+    ``file_name``, for people reading the file. ``decimals=(box, score)`` rounds, for a smaller file;
+    without it values stay exact, so a results file re-scores to the evaluator's numbers.
     """
     if len(detections) != len(image_ids):
         raise ValueError(f"got {len(detections)} detections for {len(image_ids)} image ids")
     results = []
-    for det, image_id in zip(detections, image_ids):
-        boxes = det["boxes"]
-        boxes = boxes.detach().cpu().numpy() if hasattr(boxes, "detach") else np.asarray(boxes)
-        scores = det["scores"]
-        scores = scores.detach().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores)
-        labels = det["labels"]
-        labels = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    for i, (det, image_id) in enumerate(zip(detections, image_ids)):
+        boxes, scores, labels = (_numpy(det[key]) for key in ("boxes", "scores", "labels"))
         image_id = image_id.item() if hasattr(image_id, "item") else image_id
-        results += _results_for_image(image_id, boxes, scores.reshape(-1), labels.reshape(-1), cat_ids)
+        records = _results_for_image(image_id, boxes, scores.reshape(-1), labels.reshape(-1), cat_ids, decimals)
+        for record, label in zip(records, labels.reshape(-1).tolist()):
+            if class_names is not None:
+                record["category_name"] = class_names[label]
+            if file_names is not None:
+                record["file_name"] = file_names[i]
+        results += records
     return results
 
 
-def _results_for_image(image_id, boxes, scores, labels, cat_ids) -> list[dict]:
+def _numpy(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+
+def _results_for_image(image_id, boxes, scores, labels, cat_ids, decimals=None) -> list[dict]:
     xywh = _xywh(boxes)
+    scores = np.asarray(scores, dtype=np.float64)
+    if decimals is not None:
+        xywh, scores = xywh.round(decimals[0]), scores.round(decimals[1])
     if cat_ids is None:
         cats = (np.asarray(labels, dtype=np.int64) + 1).tolist()
     else:
@@ -93,7 +104,7 @@ def _results_for_image(image_id, boxes, scores, labels, cat_ids) -> list[dict]:
         cats = lookup[labels].tolist()
     return [
         {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
-        for c, b, s in zip(cats, xywh.tolist(), np.asarray(scores, dtype=np.float64).tolist())
+        for c, b, s in zip(cats, xywh.tolist(), scores.tolist())
     ]
 
 
@@ -231,7 +242,3 @@ class COCOEvaluator(Evaluator):
         out["per_class"] = dict(out["per_class_coco50"])
         out["num_images"] = len(records)
         return out
-
-    def coco_results(self, cat_ids: Sequence[int] | None = None) -> list[dict]:
-        """As :meth:`Evaluator.coco_results`, with this evaluator's ``cat_ids`` by default."""
-        return super().coco_results(self.cat_ids if cat_ids is None else cat_ids)

@@ -55,12 +55,12 @@ import numpy as np
 
 from detkit.errors import ConfigError
 from detkit.evaluation.base import Evaluator, ImageRecord
+from detkit.evaluation.names import METRIC_KEYS, VOC_METRICS
 
 __all__ = ["VOCEvaluator", "evaluate_voc", "voc_ap_07", "voc_ap_area", "match_detections"]
 
 logger = logging.getLogger(__name__)
 
-VOC_METRICS = ("voc07", "voc")
 # what IoU adds to widths / heights for each box convention (module docstring, *Box coordinates*)
 BOX_CONVENTIONS = {"continuous": 0.0, "inclusive": 1.0}
 # np.arange(0, 1.1, 0.1) exactly as the devkit builds its recall thresholds (0.30000000000000004, ...)
@@ -193,7 +193,8 @@ class VOCEvaluator(Evaluator):
             per_class_ap = {m: [float("nan")] * self.num_classes for m in self.metrics}
         for metric in self.metrics:
             aps = per_class_ap[metric]
-            out[f"{metric}_ap50"] = float(np.mean(aps))
+            (key,) = METRIC_KEYS[metric]  # voc07_ap50 / voc_ap50
+            out[key] = float(np.mean(aps))
         for metric in self.metrics:
             out[f"per_class_{metric}"] = dict(zip(self.class_names, per_class_ap[metric]))
         out["per_class"] = dict(out[f"per_class_{self.metrics[0]}"])

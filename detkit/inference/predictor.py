@@ -17,19 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detkit.device import select_device
 from detkit.errors import ConfigError
 
-__all__ = ["Predictor", "select_device"]
-
-
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` picks CUDA when available, else the CPU; a CUDA request without CUDA is an error."""
-    if device is None or device == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return dev
+__all__ = ["Predictor"]
 
 
 def _postprocessor_overrides(cfg: dict, conf, iou, max_det) -> dict:
@@ -63,16 +54,15 @@ class Predictor:
                  iou: float | None = None, max_det: int | None = None, unsafe_load: bool = False,
                  overrides: Sequence[str] = ()):
         from detkit.config import load_config
+        from detkit.data.builder import data_max_pixels
         from detkit.data.transforms import build_transforms
-        from detkit.engine.checkpoint import load_checkpoint
+        from detkit.checkpoint import load_checkpoint, load_model_weights
         from detkit.models.builder import build_detector
 
         cfg = config if isinstance(config, Mapping) else load_config(config, overrides)
         cfg = _postprocessor_overrides(dict(cfg), conf, iou, max_det)
         self.cfg = cfg
         self.conf = conf
-        from detkit.data.builder import data_max_pixels
-
         self.max_image_pixels = data_max_pixels(cfg)  # data.max_image_pixels (None: the reader's default)
         self.device = select_device(device)
         ckpt = load_checkpoint(checkpoint, map_location="cpu", unsafe=unsafe_load)
@@ -84,10 +74,7 @@ class Predictor:
             )
         self.class_names = tuple(class_names)
         self.model = build_detector(cfg["model"], self.class_names)
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise ConfigError(f"{checkpoint}: weights do not fit the model of this config: {exc}") from exc
+        load_model_weights(self.model, ckpt, source=str(checkpoint))
         self.model.to(self.device).eval()
         self.transforms = build_transforms(self._test_transforms(cfg))
 
@@ -104,22 +91,26 @@ class Predictor:
                 return tf
         raise ConfigError("data: no split defines transforms, so the model's input size is unknown")
 
-    def preprocess(self, images: Sequence[np.ndarray]):
-        """Resize/letterbox RGB uint8 images into one batch; returns ``(batch, metas)``."""
+    def preprocess(self, images: Sequence[np.ndarray], paths: Sequence[str | None] | None = None):
+        """Resize/letterbox RGB uint8 images into one batch; returns ``(batch, metas)``: one image
+        meta per image (the detector maps its boxes back with it), naming the file when a path is
+        given (for messages and proposal files keyed by file name)."""
         from detkit.data.base import to_tensors
         from detkit.structures import identity_meta
 
         tensors, metas = [], []
-        for image in images:
+        for image, path in zip(images, paths or [None] * len(images)):
             h, w = image.shape[:2]
+            meta = identity_meta(h, w)
+            if path is not None:
+                meta.update(file_name=Path(path).name, path=str(path))
             sample = {
                 "image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
-                "difficult": np.zeros(0, bool), "iscrowd": np.zeros(0, bool), "image_id": 0,
-                "meta": identity_meta(h, w),
+                "difficult": np.zeros(0, bool), "iscrowd": np.zeros(0, bool), "image_id": 0, "meta": meta,
             }
             tensor, target = to_tensors(self.transforms(sample))
             tensors.append(tensor)
-            metas.append({"meta": target["meta"]})
+            metas.append(target["meta"])
         sizes = {tuple(t.shape) for t in tensors}
         if len(sizes) > 1:  # only when the pipeline does not fix the size; pad bottom/right
             hmax = max(t.shape[1] for t in tensors)
@@ -141,8 +132,9 @@ class Predictor:
                   for x in items]
         if not arrays:
             return []
-        batch, metas = self.preprocess(arrays)
-        detections = [{k: v.detach().cpu() for k, v in d.items()} for d in self.model(batch, metas)]
+        paths = [str(x) if isinstance(x, (str, Path)) else None for x in items]
+        batch, metas = self.preprocess(arrays, paths)
+        detections = [{k: v.detach().cpu() for k, v in d.items()} for d in self.model(batch, metas=metas)]
         if self.conf is not None:
             detections = [{k: v[d["scores"] >= self.conf] for k, v in d.items()} for d in detections]
         return detections

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from detkit.errors import ConfigError, DataError
+from detkit.evaluation.coco import to_coco_results
+from detkit.jsonio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -178,16 +180,9 @@ def _batches(frames: Iterator, size: int) -> Iterator[list]:
 
 
 def _coco_records(det: dict, image_id: int, file_name: str, class_names, cat_ids) -> list[dict]:
-    records = []
-    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-        x1, y1, x2, y2 = box
-        records.append({
-            "image_id": image_id, "category_id": int(cat_ids[label]) if cat_ids else int(label) + 1,
-            "category_name": class_names[label], "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2),
-                                                          round(y2 - y1, 2)],
-            "score": round(float(score), 5), "file_name": file_name,
-        })
-    return records
+    # rounded to 1/100 px and 1e-5: a file for people and tools, not for re-scoring to the last digit
+    return to_coco_results([det], [image_id], cat_ids or None, class_names=class_names, file_names=[file_name],
+                           decimals=(2, 5))
 
 
 def _txt_lines(det: dict, width: int, height: int) -> str:
@@ -252,7 +247,7 @@ def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, cl
 
     from tqdm import tqdm
 
-    from detkit.inference.draw import draw_detections
+    from detkit.draw import draw_detections
     from detkit.inference.predictor import Predictor
     from detkit.inference.sources import open_source
 
@@ -351,11 +346,7 @@ def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, cl
     if is_video and getattr(src, "error", None):
         result.error = src.error
     if save_json and not is_video:
-        path = out / "predictions.json"
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(json.dumps(records))
-        os.replace(tmp, path)
-        result.outputs.append(str(path))
+        result.outputs.append(str(write_json(out / "predictions.json", records, indent=None)))
     if save_vis and not is_video:
         result.outputs.append(f"{result.images} annotated image(s) in {out}")
     if save_txt:

@@ -2,7 +2,7 @@
 
 1. Per-image inference time of the detector *excluding proposals*: the same backbone, weights and
    proposals (the first ``--proposals`` sliding windows of a ``--size`` image) go through
-   :meth:`RCNN.forward_test` (backbone + head + decoding + NMS) in ``roi`` and in ``warp`` mode. ``roi``
+   :meth:`RCNN.detect` (backbone + head + decoding + NMS) in ``roi`` and in ``warp`` mode. ``roi``
    runs the backbone once per image; ``warp`` runs it once per proposal on a ``--warp-size`` crop, so
    the ratio is roughly ``proposals * warp_size^2 / size^2`` -- the speed-up that made Fast R-CNN.
 2. Proposals/s and images/s of each generator at ``--size``: ``sliding_window`` (computed, and the
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
         def go():
             with torch.inference_mode():
                 for image in images:
-                    models[mode].forward_test(image, [proposals[:count]], (args.size, args.size))
+                    models[mode].detect(image, [proposals[:count]])
         return go
 
     print(f"\n{'mode':<6} {'s / image':>10} {'ms / proposal':>14} {'vs roi':>8}")

@@ -27,11 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from detkit.checkpoint import read_state_dict
 from detkit.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "LoadReport",
     "Stage",
     "adapt_input_conv_weight",
-    "read_state_dict",
     "sequential_names",
 ]
 
@@ -53,8 +52,6 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-DETKIT_CHECKPOINT_FORMAT = "detkit-checkpoint"
-BACKBONE_PREFIX = "backbone."
 # Keys longer than this many are summarised as "(+N more)" in load messages.
 _MAX_KEYS_SHOWN = 12
 
@@ -149,62 +146,6 @@ def adapt_input_conv_weight(weight: Tensor, in_channels: int) -> Tensor:
         repeats = math.ceil(in_channels / source)
         w = w.repeat(1, repeats, 1, 1)[:, :in_channels] * (source / in_channels)
     return w.to(weight.dtype)
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a weights file safely (``weights_only=True``) and return a flat state dict.
-
-    Accepted: a plain state dict (torchvision's ``.pth`` files), a dict wrapping one under
-    ``"model"`` (torchvision reference scripts) or ``"state_dict"`` (Lightning, mmcv), and a detkit
-    checkpoint (``format="detkit-checkpoint"``), of which the ``"backbone."`` keys are taken with
-    that prefix removed. A ``"module."`` prefix on every key (DistributedDataParallel) is removed.
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise CheckpointError(f"pretrained weights file not found (or not a file): {file}")
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or pickles code that weights_only refuses
-        raise CheckpointError(
-            f"{file}: cannot be read as a PyTorch weights file with weights_only=True "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from exc
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{file}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
-
-    if isinstance(obj.get("format"), str) and obj["format"] == DETKIT_CHECKPOINT_FORMAT:
-        model = obj.get("model")
-        if not isinstance(model, Mapping):
-            raise CheckpointError(f"{file}: detkit checkpoint without a 'model' state dict")
-        state = {k[len(BACKBONE_PREFIX):]: v for k, v in model.items() if k.startswith(BACKBONE_PREFIX)}
-        if not state:
-            prefixes = sorted({k.split(".", 1)[0] for k in model})
-            raise CheckpointError(
-                f"{file}: detkit checkpoint holds no '{BACKBONE_PREFIX}*' weights "
-                f"(its model keys start with: {', '.join(prefixes) or 'nothing'})"
-            )
-    elif not _is_tensor_map(obj):
-        wrapped = [k for k in ("model", "state_dict") if _is_tensor_map(obj.get(k))]
-        if not wrapped:
-            raise CheckpointError(
-                f"{file}: not a state dict: expected a dict of tensors (or one under 'model' / "
-                f"'state_dict'); top-level keys: {_key_list(sorted(map(str, obj)))}"
-            )
-        state = dict(obj[wrapped[0]])
-    else:
-        state = dict(obj)
-
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _is_tensor_map(obj) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and len(obj) > 0
-        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
-    )
 
 
 class Backbone(nn.Module):
@@ -365,14 +306,15 @@ class Backbone(nn.Module):
 
     # -- pretrained weights ------------------------------------------------------------------
     def load_pretrained(self, path: str | os.PathLike, *, strict: bool = True) -> LoadReport:
-        """Load a local weights file (see :func:`read_state_dict` for the accepted formats).
+        """Load a local weights file (see :func:`detkit.checkpoint.read_state_dict` for the accepted
+        formats).
 
         The removed classifier's keys are dropped silently. A 3-channel first conv is adapted to
         ``in_channels``. Other missing/unexpected keys and shape mismatches raise one
         :class:`CheckpointError` listing them all (``strict=True``) or are logged as one warning and
         skipped (``strict=False``).
         """
-        state = read_state_dict(path)
+        state = read_state_dict(path, submodule="backbone")
         own = self.state_dict()
         report = LoadReport(str(path))
         accepted: dict[str, Tensor] = {}

@@ -31,8 +31,8 @@ for the fallback), foregrounds get regression targets from the head's box coder 
 Inference (``model.eval()``): softmax scores, class-specific boxes decoded from every proposal and
 clipped to the image, then the postprocessor (score threshold, per-class NMS -- IoU 0.3 in the rcnn
 configs, R-CNN's value -- and ``max_per_image``). Boxes are in input pixels, or in original-image
-pixels when ``targets`` with a ``meta`` are passed (:func:`detkit.structures.boxes_to_original`), the
-same contract as YOLOv1.
+pixels for the images whose ``metas`` are passed: the detector contract of
+:mod:`detkit.models.detectors.base`, which also hosts construction, input checks and normalisation.
 
 Where proposals come from, and the trade-off. Proposals are generated on the input tensor (turned
 back into ``uint8`` RGB for generators that look at pixels). That is the only choice that stays
@@ -68,7 +68,9 @@ __all__ = ["RCNN", "images_to_uint8"]
 
 
 def images_to_uint8(images: Tensor) -> list[np.ndarray]:
-    """``[N, 3, H, W]`` float 0..1 -> ``N`` uint8 ``[H, W, 3]`` RGB arrays (what generators take)."""
+    """``[N, 3, H, W]`` float 0..1 -> ``N`` uint8 ``[H, W, 3]`` RGB arrays (what generators take).
+    Grey ``[N, 1, H, W]`` images become grey RGB (the generators' contract is three channels)."""
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     as_bytes = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     return list(as_bytes.permute(0, 2, 3, 1).contiguous().cpu().numpy())
 
@@ -99,6 +101,8 @@ class RCNN(DetectorBase):
     Each component argument may also be an already-built object (Python use).
     """
 
+    backbone_attributes = ("out_channels", "stride", "pixel_mean", "pixel_std")
+
     def __init__(
         self,
         backbone: Spec,
@@ -119,20 +123,13 @@ class RCNN(DetectorBase):
         skip_difficult: bool = True,
         skip_crowd: bool = True,
     ):
-        super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"model: num_classes must be a positive integer, got {num_classes!r}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ConfigError(f"model: {len(class_names)} class names for num_classes={num_classes}")
         for name, value in (("max_proposals_train", max_proposals_train),
                             ("max_proposals_test", max_proposals_test)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
         if not float(min_proposal_size) >= 0:
             raise ConfigError(f"model.min_proposal_size must be >= 0, got {min_proposal_size!r}")
-        self.num_classes = num_classes
-        self.class_names = tuple(class_names) if class_names is not None else tuple(
-            f"class_{i}" for i in range(num_classes))
+        super().__init__(backbone, head, loss, postprocessor, num_classes, class_names)
         self.max_proposals_train = max_proposals_train
         self.max_proposals_test = max_proposals_test
         self.min_proposal_size = float(min_proposal_size)
@@ -140,68 +137,36 @@ class RCNN(DetectorBase):
         self.skip_crowd = bool(skip_crowd)
         self.sampler = RegionSampler(num_samples=num_samples, fg_fraction=fg_fraction, fg_iou=fg_iou,
                                      bg_iou=tuple(bg_iou), bg_fallback=bg_fallback)
+        self.proposal_generator = registry.build("proposals", proposals, path="model.proposals")
+        if not callable(self.proposal_generator):
+            raise ConfigError(f"model.proposals: {type(self.proposal_generator).__name__} is not callable")
+        self._size_proposals: dict[tuple, Tensor] = {}  # size-only generators: (H, W, device) -> boxes
 
-        self.backbone = registry.build("backbones", backbone, path="model.backbone")
-        for attr in ("out_channels", "stride", "pixel_mean", "pixel_std"):
-            if not hasattr(self.backbone, attr):
-                raise ConfigError(f"model.backbone: {type(self.backbone).__name__} has no '{attr}' attribute, "
-                                  f"which the backbone contract requires")
-        self.head = registry.build("heads", head, path="model.head", in_channels=self.backbone.out_channels,
-                                   num_classes=num_classes, stride=self.backbone.stride)
+    def head_defaults(self) -> dict:
+        return {"stride": self.backbone.stride}
+
+    def check_head(self) -> None:
         for attr in ("mode", "encode", "decode"):
             if not hasattr(self.head, attr):
                 raise ConfigError(f"model.head: {type(self.head).__name__} is not a region classifier "
                                   f"(no '{attr}'); rcnn needs dict(type='region_classifier', ...)")
-        if getattr(self.head, "num_classes", num_classes) != num_classes:
-            raise ConfigError(f"model.head: the head predicts {self.head.num_classes} classes but the data has "
-                              f"{num_classes}; leave num_classes out of the head config (it follows the class "
-                              f"list)")
-        self.loss = registry.build("losses", loss, path="model.loss", num_classes=num_classes)
-        if getattr(self.loss, "num_classes", num_classes) != num_classes:
-            raise ConfigError(f"model.loss: the loss expects {self.loss.num_classes} classes but the data has "
-                              f"{num_classes}; leave num_classes out of the loss config")
-        self.postprocessor = registry.build("postprocessors", postprocessor, path="model.postprocessor")
-        self.proposal_generator = registry.build("proposals", proposals, path="model.proposals")
-        if not callable(self.proposal_generator):
-            raise ConfigError(f"model.proposals: {type(self.proposal_generator).__name__} is not callable")
-        # Not persistent: they belong to the backbone's definition, not to the trained weights.
-        self.register_buffer("pixel_mean", torch.tensor(self.backbone.pixel_mean, dtype=torch.float32)
-                             .view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(self.backbone.pixel_std, dtype=torch.float32)
-                             .view(1, 3, 1, 1), persistent=False)
-        self.min_input_size = int(getattr(self.backbone, "min_input_size", 1))
-        self._size_proposals: dict[tuple, Tensor] = {}  # size-only generators: (H, W, device) -> boxes
+        super().check_head()
 
     @property
     def mode(self) -> str:
         return self.head.mode
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward(self, images: Tensor, targets: Sequence[Mapping] | None = None):
-        self.check_inputs(images, targets)
-        image_size = (int(images.shape[-2]), int(images.shape[-1]))
-        cap = self.max_proposals_train if self.training else self.max_proposals_test
-        proposals = self.generate_proposals(images, targets, cap)
-        if self.training:
-            return self.forward_train(images, proposals, targets)
-        return self.forward_test(images, proposals, image_size, targets)
-
-    def normalise(self, images: Tensor) -> Tensor:
-        return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-
     def classify_regions(self, images: Tensor, regions: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Run the backbone and the head: ``(class_logits [R, C + 1], box_deltas [R, C * 4])`` for the
         regions of all images, in order."""
-        x = self.normalise(images)
         if self.head.mode == "warp":
-            return self.head(x, regions, backbone=self.backbone)
-        features = self.backbone(x)
-        if isinstance(features, (list, tuple)):  # a backbone built with out_indices: use the last map
-            features = features[-1]
-        return self.head(features, regions)
+            return self.head(self.normalise(images), regions, backbone=self.backbone)
+        return self.head(self.features(images), regions)
 
-    def forward_train(self, images: Tensor, proposals: list[Tensor],
-                      targets: Sequence[Mapping]) -> dict[str, Tensor]:
+    def forward_train(self, images: Tensor, targets: Sequence[Mapping],
+                      metas: Sequence[Mapping]) -> dict[str, Tensor]:
+        proposals = self.generate_proposals(images, metas, self.max_proposals_train)
         regions, labels, regression_targets = [], [], []
         skipped = 0
         for boxes, target in zip(proposals, targets):
@@ -226,19 +191,23 @@ class RCNN(DetectorBase):
         losses["stat_skipped_flagged"] = torch.tensor(float(skipped), device=device)
         return losses
 
+    def forward_test(self, images: Tensor, metas: Sequence[Mapping | None] | None) -> list[dict]:
+        return self.detect(images, self.generate_proposals(images, metas, self.max_proposals_test))
+
     @torch.no_grad()
-    def forward_test(self, images: Tensor, proposals: list[Tensor], image_size: tuple[int, int],
-                     targets: Sequence[Mapping] | None = None) -> list[dict]:
+    def detect(self, images: Tensor, proposals: list[Tensor]) -> list[dict]:
+        """Detections in input pixels from given proposals (one ``[P_i, 4]`` tensor per image)."""
         class_logits, box_deltas = self.classify_regions(images, proposals)
+        image_size = (int(images.shape[-2]), int(images.shape[-1]))
         boxes, scores = self.head.decode(class_logits, box_deltas, torch.cat(proposals), image_size)
         counts = [len(p) for p in proposals]
-        detections = self.postprocessor(list(boxes.split(counts)), list(scores.split(counts)))
-        return self.map_to_original(detections, targets)
+        return self.postprocessor(list(boxes.split(counts)), list(scores.split(counts)))
 
     # -- proposals -------------------------------------------------------------------------------
-    def generate_proposals(self, images: Tensor, targets: Sequence[Mapping] | None, cap: int) -> list[Tensor]:
+    def generate_proposals(self, images: Tensor, metas: Sequence[Mapping | None] | None, cap: int) -> list[Tensor]:
         """Proposals of every image in input pixels: float32 ``[P_i, 4]`` on the images' device,
-        clipped, without boxes below ``min_proposal_size``, at most ``cap``."""
+        clipped, without boxes below ``min_proposal_size``, at most ``cap``. ``metas`` (one per image,
+        or ``None``) are handed to generators that use them (``uses_meta``)."""
         n, _, height, width = images.shape
         generator = self.proposal_generator
         size_only = getattr(generator, "depends_only_on_size", False) and hasattr(generator, "for_size")
@@ -254,10 +223,7 @@ class RCNN(DetectorBase):
         uses_meta = getattr(generator, "uses_meta", False)
         out = []
         for i, image in enumerate(arrays):
-            target = targets[i] if targets is not None else {}
-            meta = dict(target.get("meta") or {})
-            if target.get("image_id") is not None:
-                meta.setdefault("image_id", target["image_id"])
+            meta = dict((metas[i] if metas is not None else None) or {})
             raw = generator(image, meta=meta) if uses_meta else generator(image)
             out.append(self._clean(raw, height, width, images.device, image_name(meta, i))[:cap])
         return out

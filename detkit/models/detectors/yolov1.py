@@ -7,16 +7,15 @@ Build it from a config (``detkit.models.builder.build_detector`` injects ``num_c
                  head=dict(type="yolov1", grid_size=7, num_boxes=2, mode="fc"),
                  loss=dict(type="yolov1_loss"), postprocessor=dict(type="batched_nms"))
 
-``forward(images, targets=None)``: ``images`` float ``[N, 3, H, W]`` RGB in 0..1 (normalised here with
-the backbone's ``pixel_mean`` / ``pixel_std``).
+``forward(images, targets=None, metas=None)`` follows the detector contract of
+:mod:`detkit.models.detectors.base` (construction, input checks, normalisation and the mapping of
+boxes to original pixels live there):
 
-* training mode: ``targets`` required; returns the loss dict of
-  :class:`~detkit.models.losses.yolov1_loss.YOLOv1Loss` (``loss_*`` terms plus detached ``stat_*``
-  values that are logged, not summed).
+* training mode: returns the loss dict of :class:`~detkit.models.losses.yolov1_loss.YOLOv1Loss`
+  (``loss_*`` terms plus detached ``stat_*`` values that are logged, not summed).
 * eval mode: returns ``list[dict(boxes, scores, labels)]``. Every one of the ``S*S*B`` boxes is scored
   ``conf * Pr(class | object)`` for every class and handed to the postprocessor (which applies the
-  score threshold and NMS). Boxes are in input pixels, or in original-image pixels when ``targets``
-  carry a ``meta`` (letterbox / resize record, see :func:`detkit.structures.boxes_to_original`).
+  score threshold and NMS).
 """
 
 from __future__ import annotations
@@ -25,10 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from detkit import registry
-from detkit.errors import ConfigError
 from detkit.models.detectors.base import DetectorBase
-from detkit.registry import Spec
 
 __all__ = ["YOLOv1"]
 
@@ -48,62 +44,6 @@ class YOLOv1(DetectorBase):
     Each component argument may also be an already-built module (Python use).
     """
 
-    def __init__(
-        self,
-        backbone: Spec,
-        head: Spec,
-        loss: Spec,
-        postprocessor: Spec,
-        num_classes: int,
-        class_names: Sequence[str] | None = None,
-    ):
-        super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"model: num_classes must be a positive integer, got {num_classes!r}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ConfigError(
-                f"model: {len(class_names)} class names for num_classes={num_classes}"
-            )
-        self.num_classes = num_classes
-        self.class_names = tuple(class_names) if class_names is not None else tuple(
-            f"class_{i}" for i in range(num_classes))
-
-        self.backbone = registry.build("backbones", backbone, path="model.backbone")
-        for attr in ("out_channels", "pixel_mean", "pixel_std"):
-            if not hasattr(self.backbone, attr):
-                raise ConfigError(
-                    f"model.backbone: {type(self.backbone).__name__} has no '{attr}' attribute, "
-                    f"which the backbone contract requires"
-                )
-        self.head = registry.build(
-            "heads", head, path="model.head",
-            in_channels=self.backbone.out_channels, num_classes=num_classes,
-        )
-        head_classes = getattr(self.head, "num_classes", num_classes)
-        if head_classes != num_classes:
-            raise ConfigError(
-                f"model.head: the head predicts {head_classes} classes but the data has {num_classes}; "
-                f"leave num_classes out of the head config (it follows the class list)"
-            )
-        self.loss = registry.build(
-            "losses", loss, path="model.loss",
-            num_classes=num_classes,
-        )
-        if getattr(self.loss, "num_classes", num_classes) != num_classes:
-            raise ConfigError(
-                f"model.loss: the loss expects {self.loss.num_classes} classes but the data has "
-                f"{num_classes}; leave num_classes out of the loss config"
-            )
-        self.postprocessor = registry.build("postprocessors", postprocessor, path="model.postprocessor")
-        # Not persistent: they belong to the backbone's definition, not to the trained weights.
-        self.register_buffer("pixel_mean", torch.tensor(self.backbone.pixel_mean,
-                                                        dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(self.backbone.pixel_std,
-                                                       dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.min_input_size = int(getattr(self.backbone, "min_input_size", 1))
-
     @property
     def grid_size(self) -> int:
         return self.head.grid_size
@@ -112,26 +52,22 @@ class YOLOv1(DetectorBase):
     def num_boxes(self) -> int:
         return self.head.num_boxes
 
-    # -- forward ---------------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, targets: Sequence[Mapping] | None = None):
-        self.check_inputs(images, targets)
-        predictions = self.predict_grid(images)
-        image_size = (int(images.shape[-2]), int(images.shape[-1]))
-        if self.training:
-            return self.loss(predictions, targets, image_size)
-        return self.postprocess(predictions, image_size, targets)
+    def forward_train(self, images: torch.Tensor, targets: Sequence[Mapping], metas) -> dict[str, torch.Tensor]:
+        return self.loss(self.predict_grid(images), targets, _size(images))
+
+    def forward_test(self, images: torch.Tensor, metas) -> list[dict]:
+        return self.postprocess(self.predict_grid(images), _size(images))
 
     def predict_grid(self, images: torch.Tensor) -> torch.Tensor:
         """Images 0..1 -> head predictions ``[N, S, S, B*5 + C]`` (layout in detkit.models.heads.yolov1)."""
-        x = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        features = self.backbone(x)
-        if isinstance(features, (list, tuple)):  # a backbone built with out_indices: use the last map
-            features = features[-1]
-        return self.head(features)
+        return self.head(self.features(images))
 
     @torch.no_grad()
-    def postprocess(self, predictions: torch.Tensor, image_size: tuple[int, int],
-                    targets: Sequence[Mapping] | None = None) -> list[dict]:
-        """Decode the grid, run the postprocessor, map boxes back to original pixels when metas are given."""
+    def postprocess(self, predictions: torch.Tensor, image_size: tuple[int, int]) -> list[dict]:
+        """Decode the grid and run the postprocessor: detections in input pixels."""
         boxes, scores = self.head.decode(predictions, image_size)
-        return self.map_to_original(self.postprocessor(boxes, scores), targets)
+        return self.postprocessor(boxes, scores)
+
+
+def _size(images: torch.Tensor) -> tuple[int, int]:
+    return int(images.shape[-2]), int(images.shape[-1])

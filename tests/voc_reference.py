@@ -1,8 +1,8 @@
 """The slow reference for Pascal VOC AP: a line-by-line transcription of the devkit's ``voc_eval``.
 
-Not used by detkit itself. It exists so that the tests (tests/test_eval_voc.py) and the benchmark
-(tools/benchmarks/eval.py) check :class:`detkit.evaluation.VOCEvaluator` against one independent
-implementation written straight from the devkit's rules, with Python loops and no shared code:
+Not part of detkit (so it lives beside the tests and is not shipped). It exists so that the tests
+(tests/test_eval_voc.py) and the benchmark (tools/benchmarks/eval.py) check
+:class:`detkit.evaluation.VOCEvaluator` against one independent implementation written straight from the devkit's rules, with Python loops and no shared code:
 ``voc_eval.py`` of py-faster-rcnn / detectron2 (itself a port of the MATLAB ``VOCevaldet.m``),
 reading per-image dicts instead of XML and results files.
 

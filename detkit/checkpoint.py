@@ -1,4 +1,6 @@
-"""Saving and loading checkpoints: the one place that touches ``torch.save`` / ``torch.load``.
+"""Reading and writing weight and checkpoint files: the one place that touches ``torch.save`` /
+``torch.load``, used by training (resume, ``load_from``), evaluation, ``Predictor`` and backbones'
+``pretrained`` weights alike.
 
 A detkit checkpoint is a plain dict that ``torch.load(path, weights_only=True)`` can read, so
 loading one never runs code from the file::
@@ -18,6 +20,10 @@ loading one never runs code from the file::
   ``--unsafe-load``), reports a missing, truncated or corrupt file with its path, and accepts a plain
   model state dict (torchvision/timm weights, ``{"state_dict": ...}`` of mmdetection,
   ``{"model": ...}`` of detectron2/torchvision references) as model weights only.
+* :func:`read_state_dict` is the weights of a file for one module: a plain state dict as is, or the
+  ``backbone.`` part of a detkit checkpoint for a backbone's ``pretrained``.
+* :func:`load_model_weights` loads weights into a model with an error that lists the keys that do not
+  fit.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "load_checkpoint",
     "is_full_checkpoint",
     "load_model_weights",
+    "read_state_dict",
     "get_rng_state",
     "set_rng_state",
     "unwrap_model",
@@ -56,6 +63,9 @@ CHECKPOINT_VERSION = 1
 STATE_DICT_FORMAT = "state-dict"
 
 _SAFE_SCALARS = (bool, int, float, str, bytes, type(None))
+# Where other tools keep the model's state dict inside their files (torchvision references and
+# detectron2: "model"; Lightning and mmcv: "state_dict").
+_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "weights")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,16 +182,18 @@ def _check_weights_only_safe(value: Any, where: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", unsafe: bool = False) -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", unsafe: bool = False, *,
+                    what: str = "checkpoint") -> dict:
     """Load a checkpoint, weights-only unless ``unsafe``.
 
     Returns the detkit checkpoint dict, or for a plain state dict
     ``dict(format="state-dict", model=<state dict>, class_names=None)``: model weights only, which
-    :func:`is_full_checkpoint` tells apart (a training run cannot resume from it).
+    :func:`is_full_checkpoint` tells apart (a training run cannot resume from it). ``what`` names the
+    file in the not-found message ("pretrained weights file").
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
     if path.stat().st_size == 0:
@@ -221,7 +233,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _normalise(obj: Any, path: Path) -> dict:
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
-        version = obj.get("version")
+        # A hand-made dict may leave the version out: it can only mean the format as it is now.
+        version = obj.get("version", CHECKPOINT_VERSION)
         if not isinstance(version, int) or version > CHECKPOINT_VERSION:
             raise CheckpointError(
                 f"{path}: checkpoint version {version!r} is newer than this detkit understands "
@@ -235,7 +248,9 @@ def _normalise(obj: Any, path: Path) -> dict:
         kind = type(obj).__name__
         keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else ""
         raise CheckpointError(
-            f"{path}: neither a detkit checkpoint nor a model state dict (a {kind}{keys})"
+            f"{path}: neither a detkit checkpoint nor a model state dict: a {kind}{keys} is not a state "
+            f"dict (parameter names mapped to tensors, at the top level or under one of "
+            f"{', '.join(_STATE_DICT_KEYS)})"
         )
     return {"format": STATE_DICT_FORMAT, "model": state, "class_names": None}
 
@@ -245,7 +260,7 @@ def _find_state_dict(obj: Any) -> dict | None:
     if _is_state_dict(obj):
         return _strip_prefix(dict(obj), "module.")
     if isinstance(obj, Mapping):
-        for key in ("model", "state_dict", "model_state_dict", "model_state", "weights"):
+        for key in _STATE_DICT_KEYS:
             if _is_state_dict(obj.get(key)):
                 return _strip_prefix(dict(obj[key]), "module.")
     return None
@@ -295,6 +310,27 @@ def load_model_weights(model: torch.nn.Module, ckpt: Mapping, *, source: str = "
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
     target.load_state_dict(state, strict=strict)
+
+
+def read_state_dict(path: str | os.PathLike, *, submodule: str | None = None) -> dict[str, torch.Tensor]:
+    """The weights in ``path`` for one module, read weights-only (see :func:`load_checkpoint` for the
+    accepted files).
+
+    With ``submodule="backbone"`` a detkit checkpoint gives its ``backbone.*`` weights with that
+    prefix removed (a trained detector's backbone as ``pretrained`` weights); any other file is taken
+    as the module's own state dict (torchvision's classification weights, say).
+    """
+    ckpt = load_checkpoint(path, what="pretrained weights file" if submodule else "weights file")
+    state = dict(ckpt["model"])
+    if submodule is None or not is_full_checkpoint(ckpt):
+        return state
+    prefix = submodule + "."
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not own:
+        prefixes = sorted({k.split(".", 1)[0] for k in state})
+        raise CheckpointError(f"{path}: detkit checkpoint holds no '{prefix}*' weights "
+                              f"(its model keys start with: {', '.join(prefixes) or 'nothing'})")
+    return own
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
