@@ -22,7 +22,7 @@ def pytest_configure(config):
     # keeps data sets or which pixel limit they set (subprocesses inherit these too).
     global _CACHE
     _CACHE = tempfile.mkdtemp(prefix="detkit-test-cache-")
-    os.environ["DETKIT_CACHE"] = _CACHE
+    os.environ["DETKIT_CACHE_DIR"] = _CACHE
     os.environ.pop("DETKIT_DATA", None)
     os.environ.pop("DETKIT_MAX_IMAGE_PIXELS", None)
 

@@ -14,7 +14,7 @@ as far as it goes) and kept, counted and listed as such.
 **Cache.** Decoding every image of a big set takes minutes, so the result for each image file is
 cached, keyed by the file's size and modification time (as ultralytics' ``labels.cache`` does): a
 second run only ``stat``\\ s the files and starts at once. The cache holds one JSON file per set of
-image folders under ``$DETKIT_CACHE`` (default ``$XDG_CACHE_HOME/detkit`` or ``~/.cache/detkit``);
+image folders under ``$DETKIT_CACHE_DIR`` (default ``$XDG_CACHE_HOME/detkit`` or ``~/.cache/detkit``);
 a cache that cannot be written only costs the next run the decoding. The pixel limit is applied when
 the cache is read, so changing it needs no re-decode.
 
@@ -129,9 +129,9 @@ def format_problem_list(title: str, items: list, max_listed: int = 10) -> list[s
 # Cache
 # ----------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    """``$DETKIT_CACHE``, else ``$XDG_CACHE_HOME/detkit``, else ``~/.cache/detkit``."""
-    if os.environ.get("DETKIT_CACHE"):
-        return Path(os.environ["DETKIT_CACHE"]).expanduser()
+    """``$DETKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/detkit``, else ``~/.cache/detkit``."""
+    if os.environ.get("DETKIT_CACHE_DIR"):
+        return Path(os.environ["DETKIT_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "detkit"
 
@@ -179,7 +179,7 @@ class _Cache:
             os.replace(tmp, self.path)
         except OSError as exc:
             logger.warning("could not write the verification cache %s (%s): the next run decodes every "
-                           "image again; set DETKIT_CACHE to a writable folder", self.path, exc.strerror or exc)
+                           "image again; set DETKIT_CACHE_DIR to a writable folder", self.path, exc.strerror or exc)
 
 
 def _cache_file(paths: list[str]) -> Path:

@@ -193,7 +193,7 @@ def child(kind: str, args: list[str]) -> dict:
 
 def run_child(kind: str, *args) -> dict:
     env = dict(os.environ)
-    env.setdefault("DETKIT_CACHE", tempfile.mkdtemp(prefix="detkit-bench-cache-"))
+    env.setdefault("DETKIT_CACHE_DIR", tempfile.mkdtemp(prefix="detkit-bench-cache-"))
     out = subprocess.run([sys.executable, __file__, "--child", kind, *map(str, args)], capture_output=True,
                          text=True, env=env, cwd=Path(__file__).resolve().parents[2])
     if out.returncode != 0:
