@@ -155,7 +155,7 @@ def format_report(report: SplitReport, max_listed: int = 10) -> str:
         n = len(report.excluded[kind])
         lines.append(row(text, n, "FATAL" if n else "ok"))
     lines.append("  warnings")
-    lines.append(row("truncated JPEGs (restored: decoded as far as they go)", len(report.restored),
+    lines.append(row("truncated JPEGs restored (decoded as far as they go)", len(report.restored),
                      "warn" if report.restored else "ok"))
     for key, text in ANNOTATION_STATS:
         n = report.stats.get(key, 0)
