@@ -232,7 +232,7 @@ def raccoon_archive(source: Path | None, train: int = 8, val: int = 4) -> bytes:
 
 
 @pytest.fixture
-def raccoon_source(request):
+def raccoon_source():
     """../shared/datasets/raccoon when present (a subset of its real photos), else None: synthetic."""
     from conftest import RACCOON_ROOT
 
