@@ -35,7 +35,7 @@ import torch
 
 from detkit.structures import identity_meta
 
-__all__ = ["Annotation", "DetectionDataset", "ANNOTATION_STATS", "summarize_stats"]
+__all__ = ["Annotation", "ImageDataset", "DetectionDataset", "ANNOTATION_STATS", "summarize_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,9 @@ class Annotation:
                         else np.asarray(self.iscrowd, dtype=bool).reshape(k))
 
 
-class DetectionDataset(torch.utils.data.Dataset):
-    """Common behaviour of all detection datasets (see module docstring for the contract).
+class ImageDataset(torch.utils.data.Dataset):
+    """What detection and classification data sets share: the class list and the sample transforms
+    (a dict is built with :func:`detkit.data.transforms.build_transforms`).
 
     ``max_image_pixels``: images with more pixels are refused (None: the default of
     :func:`detkit.data.io.max_image_pixels`; ``build_dataset`` sets it from ``data.max_image_pixels``).
@@ -109,6 +110,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+class DetectionDataset(ImageDataset):
+    """Common behaviour of all detection datasets (see module docstring for the contract)."""
 
     # -- to implement --------------------------------------------------------------------------
     def __len__(self) -> int:

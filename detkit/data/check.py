@@ -78,6 +78,7 @@ def check_split(cfg: dict, split: str, workers: int | None = None, progress: boo
     """Build the dataset of ``split`` and run the verification pass over it; returns the counts."""
     from detkit.data.builder import build_dataset
     from detkit.data.verify import can_verify, verify_dataset
+    from detkit.tasks import DETECTION, check_dataset_task
 
     defined = data_splits(cfg)
     if split not in defined:
@@ -85,6 +86,7 @@ def check_split(cfg: dict, split: str, workers: int | None = None, progress: boo
     report = SplitReport(split=split, dataset=str(cfg["data"][split]["type"]))
     try:
         dataset = build_dataset(cfg, split, verify=False)
+        check_dataset_task(dataset, DETECTION, f"data.{split}", "check-data reads detection data")
     except DetkitError as exc:  # e.g. a root that is not a VOC folder: report it, check the other splits
         report.build_error = str(exc)
         return report
