@@ -335,6 +335,39 @@ def test_an_unexpected_failure_is_a_one_line_500_and_the_traceback_goes_to_the_l
     assert "Traceback" in caplog.text and "simulated secret" in caplog.text  # the log has it all
 
 
+def test_pixel_limit_is_the_option_else_the_models_config_else_the_readers_default(model, monkeypatch):
+    """In process: ``--max-pixels`` wins; without it the model config's data.max_image_pixels applies (as
+    Predictor reads images), then $DETKIT_MAX_IMAGE_PIXELS, then Pillow's limit -- all through the one
+    header check of detkit.data.io, before decoding."""
+    from detkit.checkpoint import load_checkpoint, save_checkpoint
+    from detkit.data.io import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
+    from detkit.serve.engine import Engine, RequestError
+
+    state = load_checkpoint(model)
+    state["config"]["data"]["max_image_pixels"] = 5000
+    limited = save_checkpoint(model.with_name("limited.pth"), {k: state[k] for k in ("model", "class_names", "config")})
+    png = _big_png()  # 1001 x 1000
+    small = __import__("cv2").imencode(".png", __import__("numpy").zeros((50, 80, 3), "uint8"))[1].tobytes()
+
+    by_config = Engine(limited, device="cpu")
+    assert by_config.info()["limits"]["max_pixels"] == 5000
+    assert by_config.prepare(small, "small.png").width == 80  # 4,000 pixels: under the limit
+    with pytest.raises(RequestError) as refused:
+        by_config.prepare(png, "big.png")
+    assert refused.value.status == 422
+    assert refused.value.message == ("big.png: 1001x1000 = 1,001,000 pixels is over the limit of 5,000 "
+                                     "(detkit serve --max-pixels)")
+    assert Engine(limited, device="cpu", max_pixels=0).prepare(png, "big.png").height == 1000  # 0: no limit
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, "2000")
+    plain = Engine(model, device="cpu")
+    assert plain.info()["limits"]["max_pixels"] == 2000
+    with pytest.raises(RequestError, match="over the limit of 2,000"):
+        plain.prepare(small, "small.png")
+    monkeypatch.delenv(MAX_PIXELS_ENV)
+    assert plain.info()["limits"]["max_pixels"] == DEFAULT_MAX_IMAGE_PIXELS
+
+
 def test_torchscript_export_serves_the_same_detections(model, images):
     from detkit.deploy.export import export
 

@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException
 
 from detkit.inference import DEFAULT_CONF
 from detkit.serve.batching import DynamicBatcher, Overloaded
-from detkit.serve.engine import DEFAULT_MAX_PIXELS, Engine, RequestError
+from detkit.serve.engine import Engine, RequestError
 from detkit.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 
 __all__ = ["ServeOptions", "create_app", "app_from_environment", "OPTIONS_ENV"]
@@ -73,7 +73,7 @@ class ServeOptions:
     max_wait_ms: float = 10.0
     max_queue: int = 64
     max_upload_mb: float = 20.0
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # None: the model config's data.max_image_pixels, else the reader's default
 
     def build_engine(self) -> Engine:
         return Engine(self.model, device=self.device, conf=self.conf, iou=self.iou, max_det=self.max_det,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -34,10 +33,7 @@ import torch
 from detkit.errors import ConfigError, DataError
 from detkit.inference import DEFAULT_CONF
 
-__all__ = ["Engine", "RequestError", "RequestSettings", "Prepared", "decode_upload", "DEFAULT_MAX_PIXELS"]
-
-# Pillow's Image.MAX_IMAGE_PIXELS (89.5 MP, 0.27 GB of RGB): the limit users of PIL-based loaders know.
-DEFAULT_MAX_PIXELS = 89_478_485
+__all__ = ["Engine", "RequestError", "RequestSettings", "Prepared", "decode_upload"]
 
 
 class RequestError(Exception):
@@ -76,12 +72,13 @@ class Prepared:
     timings: dict = field(default_factory=dict)
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+def decode_upload(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
     """An uploaded file as an RGB ``uint8`` image, through detkit's one image reader
-    (:func:`detkit.data.io.decode_image`). Unknown formats are 415, files that claim an image format
-    but do not decode (corrupt, truncated) or have more than ``max_pixels`` pixels (0: no limit) are
-    422; each message names ``name`` and the problem."""
-    from detkit.data.io import decode_image, sniff_format
+    (:func:`detkit.data.io.decode_image`, which refuses an image whose header declares more than
+    ``max_pixels`` pixels before decoding it; ``None``: the reader's default, 0: no limit). Unknown
+    formats are 415; files that claim an image format but do not decode (corrupt) or are over the
+    pixel limit are 422; each message names ``name`` and the problem."""
+    from detkit.data.io import ImageTooLargeError, decode_image, max_image_pixels, sniff_format
 
     if not data:
         raise RequestError(422, f"{name}: empty upload (0 bytes)")
@@ -89,41 +86,13 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise RequestError(415, f"{name}: not an image: the first bytes match no format detkit reads "
                                 f"(JPEG, PNG, GIF, BMP, TIFF, WebP)")
     try:
-        _check_pixels(data, name, max_pixels)
-        return decode_image(data, name=name)
+        return decode_image(data, name=name, max_pixels=max_pixels)
+    except ImageTooLargeError as exc:  # the reader's hint names the config key; a server has its option
+        pixels = exc.width * exc.height
+        raise RequestError(422, f"{name}: {exc.width}x{exc.height} = {pixels:,} pixels is over the limit of "
+                                f"{max_image_pixels(max_pixels):,} (detkit serve --max-pixels)") from None
     except DataError as exc:
         raise RequestError(422, str(exc)) from None
-
-
-def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than ``max_pixels`` pixels before it is decoded (a
-    decompression bomb: 100 KB of PNG can declare 30000 x 30000 pixels, 2.7 GB decoded).
-
-    The one place the pixel limit is applied to uploads. detkit.data.io gains the same check for every
-    reader (issue 15); once it has, this becomes ``decode_image(data, name, max_pixels=...)``."""
-    import io
-    import warnings
-
-    from PIL import Image
-
-    if not max_pixels:
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                pixels, size = width * height, f"{width}x{height} = {width * height:,}"
-    except Image.DecompressionBombError as exc:  # Pillow stops at twice its own limit, saying the size
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        if not found:
-            raise DataError(f"{name}: {exc}") from None
-        pixels = int(found.group(1))
-        size = f"{pixels:,}"
-    except Exception:  # noqa: BLE001 - a header Pillow cannot parse: the decoder reports the problem
-        return
-    if pixels > max_pixels:
-        raise DataError(f"{name}: {size} pixels is over the limit of {max_pixels:,} (detkit serve --max-pixels)")
 
 
 class Engine:
@@ -136,7 +105,7 @@ class Engine:
 
     def __init__(self, model: str | Path, *, device=None, conf: float = DEFAULT_CONF, iou: float | None = None,
                  max_det: int | None = None, threads: int | None = None, unsafe_load: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = None):
         from detkit.inference.predictor import Predictor
         from detkit.tasks import task_of_config
 
@@ -151,7 +120,9 @@ class Engine:
         self.model = self.predictor.model
         self.class_names = self.predictor.class_names
         self.kind = self.predictor.loaded.kind
-        self.max_pixels = int(max_pixels)
+        # --max-pixels, else the model config's data.max_image_pixels, else the reader's default
+        # ($DETKIT_MAX_IMAGE_PIXELS or Pillow's 89,478,485), as Predictor reads images
+        self.max_pixels = self.predictor.max_image_pixels if max_pixels is None else int(max_pixels)
         self._lock = threading.Lock()  # the model runs one batch at a time (the postprocessor is swapped)
         post = self.model.postprocessor
         self.fixed_nms = post is None  # NMS inside an exported graph
@@ -261,6 +232,7 @@ class Engine:
     def info(self) -> dict:
         """What ``GET /v1/model`` returns."""
         from detkit import __version__
+        from detkit.data.io import max_image_pixels
         from detkit.draw import class_colour
         from detkit.inference.predictor import eval_transforms
 
@@ -274,7 +246,7 @@ class Engine:
             "resize": "letterbox" if transforms.get("letterbox") else "stretch",
             "defaults": {"conf": self.default_conf, "iou": self.default_iou, "max_det": self.default_max_det},
             "limits": {"min_conf": self.floor, "max_det": self.max_det_limit, "iou_fixed": self.fixed_nms,
-                       "max_pixels": self.max_pixels or None},
+                       "max_pixels": max_image_pixels(self.max_pixels) or None},
             "device": str(self.predictor.device), "torch_threads": torch.get_num_threads(),
             "detkit_version": __version__,
         }
