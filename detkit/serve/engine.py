@@ -222,10 +222,8 @@ class Engine:
     def warm_up(self) -> list[int]:
         """One forward pass on a grey image (the first one is slow: allocations, kernel selection);
         returns the model's input size ``[H, W]`` for that image."""
-        import cv2
-
-        grey = cv2.imencode(".png", np.full((64, 64, 3), 114, np.uint8))[1].tobytes()
-        prepared = self.prepare(grey, "warm-up")
+        grey = np.full((64, 64, 3), 114, np.uint8)  # no upload: the pixel limit does not apply to it
+        prepared = Prepared(*self.predictor.prepare(grey), 64, 64)
         self.run_batch(self.default_iou, [prepared])
         return list(prepared.tensor.shape[-2:])
 
