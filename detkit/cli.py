@@ -175,16 +175,24 @@ def train(config_file, work_dir, overrides, resume, seed, deterministic, device,
 @click.option("--device", default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@click.option("--plots", is_flag=False, flag_value="auto", default=None, metavar="[DIR]",
+              help="Write PR / F1 curves, confusion matrices, per_class.csv, report.txt and mosaics to DIR "
+                   "(default: eval_<split>/ beside the checkpoint).")
+@click.option("--score-thr", type=float, default=None,
+              help="Score threshold of the confusion matrix, counts and mosaics (default eval.plot_score_thr).")
+@click.option("--iou-thr", type=float, default=None,
+              help="IoU a match must exceed in the confusion matrix and counts (default eval.plot_iou_thr).")
 @set_option
 @_friendly_errors
 def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, device, batch_size,
-             unsafe_load, overrides):
+             unsafe_load, plots, score_thr, iou_thr, overrides):
     """Evaluate CHECKPOINT on a split of the config's data and print VOC / COCO metrics."""
     from detkit.evaluation.run import evaluate
 
     cfg = _load(config_file, overrides)
     evaluate(cfg, checkpoint, metric=metric, split=split, metrics_out=metrics_out,
-             results_out=results_out, device=device, batch_size=batch_size, unsafe_load=unsafe_load)
+             results_out=results_out, device=device, batch_size=batch_size, unsafe_load=unsafe_load,
+             plots=True if plots == "auto" else plots, score_thr=score_thr, iou_thr=iou_thr)
 
 
 @main.command()
@@ -229,14 +237,23 @@ def infer(config_file, checkpoint, source, conf, iou, max_det, classes, device, 
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="all",
               show_default=True)
 @click.option("--workers", type=int, default=None, help="Parallel readers (default: CPU count).")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also draw each split's box statistics into DIR/data_<split>.png.")
 @set_option
 @_friendly_errors
-def check_data(config_file, split, workers, overrides):
+def check_data(config_file, split, workers, plots_dir, overrides):
     """Read every sample of the config's data once and report counts and problems."""
     from detkit.data.check import check_data as run_check
 
     cfg = _load(config_file, overrides)
     fatal = run_check(cfg, split=split, workers=workers)
+    if plots_dir and fatal:
+        click.echo("no box statistics drawn: fix the fatal problems first", err=True)
+    elif plots_dir:
+        from detkit.plots.data import plot_split_statistics
+
+        for path in plot_split_statistics(cfg, split, plots_dir):
+            click.echo(f"box statistics: {path}")
     sys.exit(1 if fatal else 0)
 
 

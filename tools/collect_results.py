@@ -10,7 +10,11 @@ For each run directory it reads what the run itself wrote - nothing is typed in 
     (the final model, not the best epoch);
   * training time: the ``training finished: N epoch(s) in HH:MM:SS`` line of ``train.log``;
   * img/s: the mean of the per-iteration-window ``img_per_s`` records of ``metrics.jsonl``;
-and copies ``plots/map.png`` (and ``plots/loss.png``) to ``docs/images/<name>_map.png``.
+and copies ``plots/map.png`` and ``plots/loss.png`` to ``docs/images/<name>_map.png`` / ``_loss.png``,
+and the PR curves and confusion matrix to ``docs/images/<name>_pr_curve.png`` /
+``_confusion_matrix.png``: those of ``eval_val/`` when present (written by ``detkit eval --plots``
+for the evaluated checkpoint, as ``make demo`` does: the same model as ``eval_metrics.json``),
+otherwise those the run drew for its final model in ``plots/``.
 Runs that are missing are listed as such instead of failing, so a partial table can be refreshed.
 """
 
@@ -39,6 +43,8 @@ RECIPES = [
      "`detkit train configs/rcnn_raccoon_lite0.py`", "same, selective search"),
 ]
 METRICS = HEADLINE_KEYS  # the table's metric columns, in order
+TRAINING_PLOTS = ("map", "loss")  # from plots/
+EVAL_PLOTS = ("pr_curve", "confusion_matrix")  # from eval_val/ (the evaluated checkpoint) or plots/
 FINISHED = re.compile(r"training finished: (\d+) epoch\(s\) in (\d+):(\d+):(\d+)")
 
 
@@ -64,6 +70,20 @@ def read_run(work_dir: Path) -> dict | None:
     }
 
 
+def copy_plots(work_dir: Path, name: str, images: Path) -> list[Path]:
+    """Copy the run's README figures into ``images`` as ``<name>_<plot>.png``; returns the copies."""
+    images.mkdir(parents=True, exist_ok=True)
+    sources = [work_dir / "plots" / f"{plot}.png" for plot in TRAINING_PLOTS]
+    for plot in EVAL_PLOTS:
+        evaluated = work_dir / "eval_val" / f"{plot}.png"
+        sources.append(evaluated if evaluated.is_file() else work_dir / "plots" / f"{plot}.png")
+    copied = []
+    for src in sources:
+        if src.is_file():
+            copied.append(Path(shutil.copyfile(src, images / f"{name}_{src.name}")))
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-copy", action="store_true", help="do not copy plots into docs/images")
@@ -84,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| `{name}` | {command} | {data} | {' | '.join(cells)} | {run['epochs']} epochs in "
               f"{run['time']} | {speed} | {run['source']} |")
         if not args.no_copy:
-            images = REPO / "docs" / "images"
-            images.mkdir(parents=True, exist_ok=True)
-            for plot in ("map", "loss"):
-                src = REPO / run_dir / "plots" / f"{plot}.png"
-                if src.is_file():
-                    shutil.copyfile(src, images / f"{name}_{plot}.png")
+            copy_plots(REPO / run_dir, name, REPO / "docs" / "images")
     for run_dir in missing:
         print(f"(no finished run in {run_dir})", file=sys.stderr)
     return 0

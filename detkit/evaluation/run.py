@@ -4,13 +4,17 @@
 from the config, runs :func:`~detkit.evaluation.loop.run_evaluation` (detections and ground truth
 in original-image pixels), prints :func:`~detkit.evaluation.table.format_table`, and writes the
 metrics JSON and the COCO results JSON (with the data set's real category ids when it has them).
+With ``plots`` it also writes the evaluation plots, per_class.csv and report.txt
+(:func:`detkit.plots.evaluation.write_evaluator_plots`) and prints the report.
 Under torchrun every rank evaluates its shard; rank 0 prints and writes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from detkit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model_weights
 from detkit.engine import dist as dist_utils
@@ -31,10 +35,15 @@ logger = logging.getLogger("detkit")
 
 def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metrics_out=None,
              results_out=None, device=None, batch_size: int | None = None, unsafe_load: bool = False,
-             launcher: str = "none") -> dict | None:
+             launcher: str = "none", plots: bool | str | os.PathLike | None = None,
+             score_thr: float | None = None, iou_thr: float | None = None) -> dict | None:
     """Evaluate ``checkpoint`` on ``data.<split>``; prints the table, writes ``metrics_out``
     (metrics JSON) and ``results_out`` (COCO results JSON). Returns the metrics (``None`` on
-    ranks other than 0 under torchrun)."""
+    ranks other than 0 under torchrun).
+
+    ``plots``: a folder for the evaluation plots, or True for ``eval_<split>/`` beside the
+    checkpoint; ``score_thr`` / ``iou_thr`` (default ``eval.plot_score_thr`` / ``eval.plot_iou_thr``)
+    are the thresholds of the confusion matrix, the per-class counts and the mosaics."""
     from detkit.data.builder import build_dataset, check_same_classes
     from detkit.models.builder import build_detector
 
@@ -45,6 +54,15 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
     metric_keys(metric)  # validates the name before anything heavy happens
+    plot_options = {}
+    if plots:
+        from detkit.schema import check_value
+
+        plot_options = {"score_threshold": ecfg["plot_score_thr"] if score_thr is None else score_thr,
+                        "iou_threshold": ecfg["plot_iou_thr"] if iou_thr is None else iou_thr}
+        check_value("eval", "plot_score_thr", plot_options["score_threshold"])
+        check_value("eval", "plot_iou_thr", plot_options["iou_threshold"])
+        plots = Path(checkpoint).parent / f"eval_{split}" if plots is True else Path(plots)
     info = dist_utils.init_distributed(launcher, device)
     try:
         with run_logging(None, info.rank):
@@ -73,6 +91,13 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
                 results = _collected_results(evaluator, options.get("cat_ids"))
                 logger.info("%d detections written to %s (COCO results format)", len(results),
                             write_json(results_out, results))
+            if plots:
+                from detkit.plots.evaluation import write_evaluator_plots
+
+                # (box-fit diagnostics could join the report here through extra_sections=)
+                written = write_evaluator_plots(evaluator, plots, dataset=dataset, metrics=metrics, **plot_options)
+                print("\n" + written["report_text"], end="", flush=True)
+                logger.info("evaluation plots written to %s", plots)
             return metrics
     finally:
         dist_utils.destroy_distributed(info)
@@ -81,7 +106,6 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
 def _collected_results(evaluator, cat_ids) -> list[dict]:
     """The detections the evaluator collected (every member of a group holds the same images), as
     COCO results with the targets' image ids."""
-    records = evaluator.evaluators[0].sorted_records() if hasattr(evaluator, "evaluators") \
-        else evaluator.sorted_records()
+    records = evaluator.sorted_records()
     detections = [{"boxes": r.det_boxes, "scores": r.det_scores, "labels": r.det_labels} for r in records]
     return to_coco_results(detections, [r.image_id for r in records], cat_ids)

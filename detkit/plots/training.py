@@ -1,12 +1,11 @@
 """Training curves drawn from ``metrics.jsonl``: ``loss.png``, ``map.png``, ``lr.png``.
 
-Uses matplotlib's object API with the Agg canvas directly (no ``pyplot``: no global figure state,
-no GUI backend, safe in worker threads and on headless machines). Each PNG is written to a
-temporary file and renamed, so an image viewer never sees half a file.
+The loss axis is logarithmic when every loss is positive: the first epochs' losses are often ten
+times the later ones and would flatten them on a linear axis.
 
 Usable on its own after (or during) a run::
 
-    python -c "from detkit.engine.plots import plot_metrics; plot_metrics('work_dirs/x/metrics.jsonl', 'plots')"
+    python -c "from detkit.plots.training import plot_metrics; plot_metrics('work_dirs/x/metrics.jsonl', 'plots')"
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import os
 from pathlib import Path
 
 from detkit.evaluation.names import HEADLINE_KEYS
+from detkit.plots.figure import new_figure, save_figure
 
 __all__ = ["read_metrics", "plot_metrics"]
 
@@ -51,9 +51,6 @@ def _iters_per_epoch(train_records: list[dict], epoch_records: list[dict]) -> fl
 def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     """Draw the three plots into ``out_dir``; returns the files written (a plot without data is
     skipped, e.g. map.png before the first evaluation)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     records = read_metrics(metrics_file)
     train = [r for r in records if r.get("type") == "train" and _number(r.get("iter"))]
     epochs = [r for r in records if r.get("type") == "epoch" and _number(r.get("epoch"))]
@@ -62,20 +59,17 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def save(fig: Figure, name: str) -> None:
-        FigureCanvasAgg(fig)
-        path = out_dir / name
-        tmp = out_dir / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-        written.append(path)
+    def save(fig, name: str) -> None:
+        written.append(save_figure(fig, out_dir / name))
 
     # Loss terms: per logging window (thin) and per-epoch means (markers), x in epochs.
     loss_keys = sorted({k for r in train + epochs for k in r if k.startswith("loss") and _number(r[k])},
                        key=lambda k: (k != "loss", k))
     if loss_keys:
-        fig = Figure(figsize=(8, 5))
+        fig = new_figure((8, 5))
         ax = fig.add_subplot()
+        values = [r[k] for r in train + epochs for k in loss_keys if _number(r.get(k))]
+        log_scale = bool(values) and min(values) > 0
         for i, key in enumerate(loss_keys):
             colour = f"C{i % 10}"
             pts = [(r["iter"] / ipe, r[key]) for r in train if _number(r.get(key))]
@@ -87,15 +81,17 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
             elif train:
                 ax.plot([], [], color=colour, label=key)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
+        if log_scale:
+            ax.set_yscale("log")
+        ax.set_ylabel("loss (log scale)" if log_scale else "loss")
         ax.set_title("training loss (thin: logging windows, dots: epoch means)")
-        ax.grid(True, alpha=0.3)
+        ax.grid(True, which="both" if log_scale else "major", alpha=0.3)
         ax.legend()
         save(fig, "loss.png")
 
     evaluated = [r for r in epochs if any(_number(r.get(k)) for k in HEADLINE_KEYS)]
     if evaluated:
-        fig = Figure(figsize=(8, 5))
+        fig = new_figure((8, 5))
         ax = fig.add_subplot()
         for key in HEADLINE_KEYS:
             pts = [(r["epoch"], r[key]) for r in evaluated if _number(r.get(key))]
@@ -111,7 +107,7 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
     # A record's lr is the one used by its last iteration, index iter - 1.
     lr_pts = [((r["iter"] - 1) / ipe, r["lr"]) for r in train if _number(r.get("lr"))]
     if lr_pts:
-        fig = Figure(figsize=(8, 4))
+        fig = new_figure((8, 4))
         ax = fig.add_subplot()
         ax.plot(*zip(*lr_pts), marker="." if len(lr_pts) < 50 else None)
         ax.set_xlabel("epoch")
