@@ -13,7 +13,7 @@ prio   hook                  does
 40     EvalHook              after_epoch (every ``eval_interval``): evaluates on the val set
 50     BestMetricHook        after_epoch: tracks the best value of ``eval.save_best``
 60     CheckpointHook        after_epoch: last.pth, epoch_N.pth (keep last k), best_<metric>.pth
-70     EvalPlotsHook         after_train: PR / F1 curves, confusion matrix, mosaics, data statistics
+70     EvalPlotsHook         before_train: data_train.png; after_train: PR / F1, confusion matrix, mosaics
 80     LoggerHook            progress bar or log lines, metrics.jsonl, the trackers of train.loggers
 90     PlotHook              after_epoch: plots/loss.png, plots/map.png, plots/lr.png
 =====  ====================  ===========================================================
