@@ -247,7 +247,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> list[tuple[str, str]]:
     parser = argparse.ArgumentParser(prog="bench.py backbones", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 warm-up and 3 timed runs per backbone")
     parser.add_argument("--size", type=int, default=448)
@@ -289,6 +289,11 @@ def main(argv: list[str]) -> None:
         command = "python tools/bench.py backbones " + " ".join(argv)
         write_doc(args.out, rows, args.size, command.strip(), env, (load_start, _load_average()))
         print(f"\nwrote {args.out}")
+    ratios = [r["ratio"] for r in rows if r["ratio"]]
+    if not ratios:
+        return []
+    return [("the stage plumbing vs torchvision's own trunk (speed ratio, 1.00 = no cost; "
+             "[docs/backbones.md](docs/backbones.md))", f"{min(ratios):.2f}–{max(ratios):.2f}×")]
 
 
 if __name__ == "__main__":
