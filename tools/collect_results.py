@@ -101,7 +101,7 @@ def render_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def copy_plots(work_dir: Path, name: str, images: Path) -> list[Path]:
+def copy_run_plots(work_dir: Path, name: str, images: Path) -> list[Path]:
     """Copy the run's README figures into ``images`` as ``<name>_<plot>.png``; returns the copies."""
     images.mkdir(parents=True, exist_ok=True)
     sources = [work_dir / "plots" / f"{plot}.png" for plot in TRAINING_PLOTS]
@@ -115,7 +115,7 @@ def copy_plots(work_dir: Path, name: str, images: Path) -> list[Path]:
     return copied
 
 
-def collect(copy: bool) -> list[str]:
+def collect(copy_plots: bool) -> list[str]:
     """Write ``docs/results/<recipe>.json`` for every finished run; returns the run directories
     that had none."""
     missing = []
@@ -126,8 +126,8 @@ def collect(copy: bool) -> list[str]:
             continue
         run["collected"] = f"{datetime.date.today().isoformat()} from {run_dir} by tools/collect_results.py"
         write_record(RESULTS / f"{name}.json", run)
-        if copy:
-            copy_plots(REPO / run_dir, name, REPO / "docs" / "images")
+        if copy_plots:
+            copy_run_plots(REPO / run_dir, name, REPO / "docs" / "images")
     return missing
 
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print("README results table is up to date" if same else
               "README results table differs from docs/results/: run python tools/collect_results.py")
         return 0 if same else 1
-    for run_dir in collect(copy=not args.no_copy):
+    for run_dir in collect(copy_plots=not args.no_copy):
         print(f"(no finished run in {run_dir}; its committed summary, if any, is kept)", file=sys.stderr)
     table = render_table(load_records(RESULTS))
     print(table)
