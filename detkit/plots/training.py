@@ -82,7 +82,13 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
                 ax.plot([], [], color=colour, label=key)
         ax.set_xlabel("epoch")
         if log_scale:
+            from matplotlib.ticker import FuncFormatter
+
             ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.6, not 6 x 10^-1
+            ax.yaxis.set_major_formatter(plain)
+            if max(values) < 10 * min(values):  # within a decade the minor ticks need labels too
+                ax.yaxis.set_minor_formatter(plain)
         ax.set_ylabel("loss (log scale)" if log_scale else "loss")
         ax.set_title("training loss (thin: logging windows, dots: epoch means)")
         ax.grid(True, which="both" if log_scale else "major", alpha=0.3)
