@@ -50,6 +50,12 @@ def plot_box_statistics(stats: BoxStatistics, path: str | os.PathLike, title: st
         bins = np.geomspace(min(lo, 0.5), max(hi, 2.0), 40)
         ax.hist(ratios, bins=bins, color="C1")
         ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter
+
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, not 5 x 10^-1
+        ax.xaxis.set_major_formatter(plain)
+        if bins[-1] < 10 * bins[0]:  # within a decade the minor ticks need labels too
+            ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("aspect ratio width / height (log scale)")
     ax.set_ylabel("boxes")
     ax.set_title("aspect ratio")
