@@ -129,52 +129,85 @@ def config_show(config_file, overrides):
     """Print the config a run uses as JSON: bases merged, overrides applied, defaults filled in."""
     from detkit.config import dump_config
     from detkit.schema import fill_defaults
+    from detkit.tasks import task_of_config
 
-    click.echo(dump_config(fill_defaults(_load(config_file, overrides))))
+    cfg = _load(config_file, overrides)
+    click.echo(dump_config(fill_defaults(cfg, task_of_config(cfg).name)))
 
 
 # ----------------------------------------------------------------------------------------------
-@main.command()
-@click.argument("config_file", type=click.Path(dir_okay=False))
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory (default work_dirs/<config name>).")
-@set_option
-@click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
-              help="Resume from PATH, or from the latest checkpoint of the work dir when no PATH.")
-@click.option("--seed", type=int, default=None, help="Random seed (overrides train.seed).")
-@click.option("--deterministic", is_flag=True, help="Use deterministic algorithms (slower).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (overrides train.amp).")
-@click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs).")
-@click.option("--unsafe-load", is_flag=True,
-              help="Allow resuming from a checkpoint that needs pickle (only for files you trust).")
-@click.option("--launcher", type=click.Choice(["none", "torchrun"]), default="none",
-              help="torchrun: join the process group that torchrun set up (also auto-detected).")
-@_friendly_errors
-def train(config_file, work_dir, overrides, resume, seed, deterministic, device, amp, epochs,
-          unsafe_load, launcher):
-    """Train the detector described by CONFIG_FILE."""
+def _stack(*decorators):
+    """Options shared by two commands (``train`` and ``classify train``...), declared once."""
+
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+_train_options = _stack(
+    click.argument("config_file", type=click.Path(dir_okay=False)),
+    click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+                 help="Run directory (default work_dirs/<config name>)."),
+    set_option,
+    click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
+                 help="Resume from PATH, or from the latest checkpoint of the work dir when no PATH."),
+    click.option("--seed", type=int, default=None, help="Random seed (overrides train.seed)."),
+    click.option("--deterministic", is_flag=True, help="Use deterministic algorithms (slower)."),
+    click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (overrides train.amp)."),
+    click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs)."),
+    click.option("--unsafe-load", is_flag=True,
+                 help="Allow resuming from a checkpoint that needs pickle (only for files you trust)."),
+    click.option("--launcher", type=click.Choice(["none", "torchrun"]), default="none",
+                 help="torchrun: join the process group that torchrun set up (also auto-detected)."),
+    _friendly_errors,
+)
+
+
+def _run_train(task_name, config_file, overrides, **options):
     from detkit.engine.runner import train as run_train
+    from detkit.tasks import TASKS
 
     cfg = _load(config_file, overrides)
-    run_train(cfg, config_path=config_file, work_dir=work_dir, resume=resume, seed=seed,
-              deterministic=deterministic, device=device, amp=amp, epochs=epochs,
-              unsafe_load=unsafe_load, launcher=launcher)
+    run_train(cfg, config_path=config_file, task=TASKS[task_name], **options)
+
+
+@main.command()
+@_train_options
+def train(config_file, overrides, **options):
+    """Train the detector described by CONFIG_FILE."""
+    _run_train("detection", config_file, overrides, **options)
+
+
+_eval_options = _stack(
+    click.argument("config_file", type=click.Path(dir_okay=False)),
+    click.argument("checkpoint", type=click.Path(dir_okay=False)),
+    click.option("--split", default="val", show_default=True, help="Which data split to evaluate."),
+    click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
+                 help="Write the metrics as JSON here."),
+    click.option("--device", default=None),
+    click.option("--batch-size", type=int, default=None),
+    click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle."),
+    set_option,
+    _friendly_errors,
+)
+
+
+def _run_eval(task_name, config_file, overrides, **options):
+    from detkit.evaluation.run import evaluate
+    from detkit.tasks import TASKS
+
+    evaluate(_load(config_file, overrides), task=TASKS[task_name], **options)
 
 
 @main.command("eval")
-@click.argument("config_file", type=click.Path(dir_okay=False))
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--metric", type=click.Choice(["voc07", "voc", "coco", "all"]), default="all",
               show_default=True)
-@click.option("--split", default="val", show_default=True, help="Which data split to evaluate.")
-@click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
-              help="Write the metrics as JSON here.")
 @click.option("--out", "results_out", type=click.Path(dir_okay=False), default=None,
               help="Write the detections in COCO results JSON format here.")
-@click.option("--device", default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
 @click.option("--plots", is_flag=False, flag_value="auto", default=None, metavar="[DIR]",
               help="Write PR / F1 curves, confusion matrices, per_class.csv, report.txt and mosaics to DIR "
                    "(default: eval_<split>/ beside the checkpoint).")
@@ -182,17 +215,34 @@ def train(config_file, work_dir, overrides, resume, seed, deterministic, device,
               help="Score threshold of the confusion matrix, counts and mosaics (default eval.plot_score_thr).")
 @click.option("--iou-thr", type=float, default=None,
               help="IoU a match must exceed in the confusion matrix and counts (default eval.plot_iou_thr).")
-@set_option
-@_friendly_errors
-def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, device, batch_size,
-             unsafe_load, plots, score_thr, iou_thr, overrides):
+@_eval_options
+def eval_cmd(config_file, overrides, plots, **options):
     """Evaluate CHECKPOINT on a split of the config's data and print VOC / COCO metrics."""
-    from detkit.evaluation.run import evaluate
+    _run_eval("detection", config_file, overrides, plots=True if plots == "auto" else plots, **options)
 
-    cfg = _load(config_file, overrides)
-    evaluate(cfg, checkpoint, metric=metric, split=split, metrics_out=metrics_out,
-             results_out=results_out, device=device, batch_size=batch_size, unsafe_load=unsafe_load,
-             plots=True if plots == "auto" else plots, score_thr=score_thr, iou_thr=iou_thr)
+
+# ----------------------------------------------------------------------------------------------
+@main.group()
+def classify():
+    """Image classification on the same backbones, trainer and checkpoints (backbone pre-training)."""
+
+
+@classify.command("train")
+@_train_options
+def classify_train(config_file, overrides, **options):
+    """Train the classifier described by CONFIG_FILE (ImageFolder, CIFAR or MNIST data).
+
+    Its checkpoint holds backbone weights a detector loads: --set model.backbone.pretrained=PATH."""
+    _run_train("classification", config_file, overrides, **options)
+
+
+@classify.command("eval")
+@click.option("--confusion-out", type=click.Path(dir_okay=False), default=None,
+              help="Draw the confusion matrix into this PNG file.")
+@_eval_options
+def classify_eval(config_file, overrides, **options):
+    """Evaluate a classifier CHECKPOINT on a split: top-1 / top-5 accuracy and a per-class table."""
+    _run_eval("classification", config_file, overrides, **options)
 
 
 @main.command()
@@ -265,16 +315,19 @@ def data():
 
 @data.command("make-shapes")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--num", type=int, default=500, show_default=True, help="Images in total.")
+@click.option("--mode", type=click.Choice(["detection", "classification"]), default="detection",
+              show_default=True, help="classification: single-shape crops in ImageFolder layout.")
+@click.option("--num", type=int, default=500, show_default=True, help="Images (crops) in total.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels.")
+@click.option("--size", type=int, default=None,
+              help="Image side in pixels (default: 256 for detection, 64 for classification crops).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @_friendly_errors
-def make_shapes(out, num, seed, size, val_fraction):
-    """Write a synthetic shapes data set to OUT in VOC layout plus COCO JSON."""
+def make_shapes(out, mode, num, seed, size, val_fraction):
+    """Write a synthetic shapes data set to OUT: VOC layout plus COCO JSON, or classification crops."""
     from detkit.data.shapes import make_shapes as run_make
 
-    summary = run_make(out, num=num, seed=seed, size=size, val_fraction=val_fraction)
+    summary = run_make(out, num=num, seed=seed, size=size, val_fraction=val_fraction, mode=mode)
     click.echo(summary)
 
 

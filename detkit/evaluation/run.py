@@ -1,10 +1,12 @@
-"""``detkit eval``: score a checkpoint on a data split, print the table, write metrics and results.
+"""``detkit eval`` and ``detkit classify eval``: score a checkpoint on a data split, print the table,
+write metrics and results.
 
-:func:`evaluate` loads the checkpoint weights-only, builds the detector and the split's data set
+:func:`evaluate` loads the checkpoint weights-only, builds the model (a detector, or what ``task``
+evaluates: :mod:`detkit.tasks`) and the split's data set
 from the config, runs :func:`~detkit.evaluation.loop.run_evaluation` (detections and ground truth
 in original-image pixels), prints :func:`~detkit.evaluation.table.format_table`, and writes the
 metrics JSON and the COCO results JSON (with the data set's real category ids when it has them).
-With ``plots`` it also writes the evaluation plots, per_class.csv and report.txt
+With ``plots`` (detection) it also writes the evaluation plots, per_class.csv and report.txt
 (:func:`detkit.plots.evaluation.write_evaluator_plots`) and prints the report.
 Under torchrun every rank evaluates its shard; rank 0 prints and writes.
 """
@@ -20,13 +22,13 @@ from detkit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model_wei
 from detkit.engine import dist as dist_utils
 from detkit.engine.run_logging import run_logging
 from detkit.errors import ConfigError
-from detkit.evaluation.builder import build_evaluators
 from detkit.evaluation.coco import to_coco_results
 from detkit.evaluation.loop import build_eval_loader, coco_options, run_evaluation
 from detkit.evaluation.names import metric_keys
 from detkit.evaluation.table import format_table
 from detkit.jsonio import write_json
 from detkit.schema import resolve_eval_config, resolve_train_config
+from detkit.tasks import DETECTION, Task, check_dataset_task
 
 __all__ = ["evaluate"]
 
@@ -35,29 +37,37 @@ logger = logging.getLogger("detkit")
 
 def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metrics_out=None,
              results_out=None, device=None, batch_size: int | None = None, unsafe_load: bool = False,
-             launcher: str = "none", plots: bool | str | os.PathLike | None = None,
-             score_thr: float | None = None, iou_thr: float | None = None) -> dict | None:
+             launcher: str = "none", task: Task = DETECTION, confusion_out=None,
+             plots: bool | str | os.PathLike | None = None, score_thr: float | None = None,
+             iou_thr: float | None = None) -> dict | None:
     """Evaluate ``checkpoint`` on ``data.<split>``; prints the table, writes ``metrics_out``
-    (metrics JSON) and ``results_out`` (COCO results JSON). Returns the metrics (``None`` on
-    ranks other than 0 under torchrun).
+    (metrics JSON), ``results_out`` (COCO results JSON; detection only) and ``confusion_out`` (the
+    confusion matrix as a PNG; classification only). Returns the metrics (``None`` on ranks other
+    than 0 under torchrun).
 
-    ``plots``: a folder for the evaluation plots, or True for ``eval_<split>/`` beside the
-    checkpoint; ``score_thr`` / ``iou_thr`` (default ``eval.plot_score_thr`` / ``eval.plot_iou_thr``)
-    are the thresholds of the confusion matrix, the per-class counts and the mosaics."""
+    ``plots`` (detection): a folder for the evaluation plots, or True for ``eval_<split>/`` beside
+    the checkpoint; ``score_thr`` / ``iou_thr`` (default ``eval.plot_score_thr`` /
+    ``eval.plot_iou_thr``) are the thresholds of the confusion matrix, the per-class counts and the
+    mosaics."""
     from detkit.data.builder import build_dataset, check_same_classes
-    from detkit.models.builder import build_detector
 
     if not isinstance(cfg, Mapping) or "model" not in cfg:
         raise ConfigError("config has no 'model' section")
     tcfg = resolve_train_config(cfg.get("train"))
-    ecfg = resolve_eval_config(cfg.get("eval"), tcfg)
+    ecfg = resolve_eval_config(cfg.get("eval"), tcfg, task.name)
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
-    metric_keys(metric)  # validates the name before anything heavy happens
+    metric_keys(metric, task.name)  # validates the name before anything heavy happens
+    if results_out and task is not DETECTION:
+        raise ConfigError(f"--out writes detections (COCO results); a {task.name} evaluation has none")
+    if confusion_out and task is DETECTION:
+        raise ConfigError("a confusion matrix is drawn for classifiers (detkit classify eval), not detectors")
     plot_options = {}
     if plots:
         from detkit.schema import check_value
 
+        if task is not DETECTION:
+            raise ConfigError(f"--plots draws detection diagnostics; for a {task.name} evaluation use --confusion-out")
         plot_options = {"score_threshold": ecfg["plot_score_thr"] if score_thr is None else score_thr,
                         "iou_threshold": ecfg["plot_iou_thr"] if iou_thr is None else iou_thr}
         check_value("eval", "plot_score_thr", plot_options["score_threshold"])
@@ -68,27 +78,33 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
         with run_logging(None, info.rank):
             ckpt = load_checkpoint(checkpoint, map_location="cpu", unsafe=unsafe_load)
             dataset = build_dataset(cfg, split)
+            check_dataset_task(dataset, task, f"data.{split}")
             class_names = tuple(ckpt.get("class_names") or (cfg.get("data") or {}).get("classes")
                                 or dataset.classes)
             check_same_classes(class_names, dataset.classes, f"checkpoint {checkpoint}", f"data.{split}")
-            model = build_detector(cfg["model"], class_names)
+            model = task.build_model(cfg["model"], class_names, pretrained=False)  # the checkpoint's weights
             load_model_weights(model, ckpt, source=str(checkpoint))
             model.to(info.device).eval()
             loader = build_eval_loader(dataset, batch_size or ecfg["batch_size"], ecfg["num_workers"],
                                        tcfg["bad_sample"])
-            options = coco_options(dataset)
-            evaluator = build_evaluators(metric, class_names, coco_options=options)
+            evaluator = task.build_evaluators(metric, class_names, dataset)
             if ckpt.get("format") == CHECKPOINT_FORMAT and ckpt.get("epoch") is not None:
                 logger.info("checkpoint %s: trained for %s epoch(s)", checkpoint, ckpt["epoch"])
             logger.info("evaluating on data.%s: %d images", split, len(dataset))
-            metrics = run_evaluation(model, loader, evaluator, info.device)
+            metrics = run_evaluation(model, loader, evaluator, info.device, ground_truth=task.ground_truth)
             if metrics is None:
                 return None
             print(format_table(metrics), flush=True)
             if metrics_out:
                 logger.info("metrics written to %s", write_json(metrics_out, metrics))
+            if confusion_out:
+                from detkit.plots.training import plot_confusion_matrix
+
+                path = plot_confusion_matrix(metrics["confusion_matrix"], class_names, confusion_out,
+                                             title=f"confusion matrix, data.{split}")
+                logger.info("confusion matrix drawn in %s", path)
             if results_out:
-                results = _collected_results(evaluator, options.get("cat_ids"))
+                results = _collected_results(evaluator, coco_options(dataset).get("cat_ids"))
                 logger.info("%d detections written to %s (COCO results format)", len(results),
                             write_json(results_out, results))
             if plots:
