@@ -209,8 +209,8 @@ def _run_eval(task_name, config_file, overrides, **options):
 @click.option("--out", "results_out", type=click.Path(dir_okay=False), default=None,
               help="Write the detections in COCO results JSON format here.")
 @click.option("--plots", is_flag=False, flag_value="auto", default=None, metavar="[DIR]",
-              help="Write PR / F1 curves, confusion matrices, per_class.csv, report.txt and mosaics to DIR "
-                   "(default: eval_<split>/ beside the checkpoint).")
+              help="Write PR / F1 curves, confusion matrices, per_class.csv, report.txt, mosaics and the box "
+                   "statistics of the split and of data.train to DIR (default: eval_<split>/ beside the checkpoint).")
 @click.option("--score-thr", type=float, default=None,
               help="Score threshold of the confusion matrix, counts and mosaics (default eval.plot_score_thr).")
 @click.option("--iou-thr", type=float, default=None,

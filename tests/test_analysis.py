@@ -229,6 +229,30 @@ def test_check_data_plots_option(shapes_root, tmp_path):
     assert png_shape(tmp_path / "p" / "data_val.png")[0] > 100
 
 
+def test_eval_plots_draw_the_evaluated_and_the_training_split(shapes_root, shapes, tmp_path, caplog):
+    import logging
+
+    from detkit.evaluation.run import _write_data_statistics
+    from detkit.plots.data import FIGSIZE
+    from detkit.plots.figure import DPI
+
+    data = {"train": dict(type="shapes", root=str(shapes_root), split="train"),
+            "val": dict(type="shapes", root=str(shapes_root), split="val")}
+    _write_data_statistics({"data": data}, "val", shapes, tmp_path / "a")
+    for name in ("data_val.png", "data_train.png"):
+        assert png_shape(tmp_path / "a" / name) == (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)
+    # two splits, two figures (the make_shapes split holds different boxes)
+    assert (tmp_path / "a" / "data_val.png").read_bytes() != (tmp_path / "a" / "data_train.png").read_bytes()
+
+    # training files absent on the evaluating machine: the evaluated split is drawn, one warning
+    data["train"]["root"] = str(tmp_path / "absent")
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        _write_data_statistics({"data": data}, "val", shapes, tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["data_val.png"]
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "no training-split statistics" in warning.getMessage() and "absent" in warning.getMessage()
+
+
 def test_loss_is_drawn_on_a_log_scale(tmp_path, monkeypatch):
     import json
 

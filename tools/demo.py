@@ -116,7 +116,7 @@ def main() -> int:
     print(f"  run directory : {args.work_dir}/ (config.json, train.log, metrics.jsonl, checkpoints)")
     print(f"  plots         : {args.work_dir}/plots/ (training curves, data statistics, final model)")
     print(f"  diagnostics   : {shown(eval_plots)}/ (PR / F1 curves, confusion matrix, per_class.csv, "
-          "report.txt, mosaics of the best checkpoint)")
+          "report.txt, mosaics, box statistics of the best checkpoint)")
     print(f"  metrics       : {shown(metrics_file)}")
     print("  annotated     : runs/demo_infer/images*/ and runs/demo_infer/video*/")
     return 0

@@ -490,14 +490,13 @@ class EvalPlotsHook(Hook):
             logger.warning("could not draw the %s in %s: %s: %s", what, self.out_dir, type(exc).__name__, exc)
 
     def before_train(self, trainer) -> None:
-        if self.train_set is None or not hasattr(self.train_set, "load_annotation"):
+        if self.train_set is None:
             return
 
         def draw():
-            from detkit.data.stats import box_statistics
-            from detkit.plots.data import plot_box_statistics
+            from detkit.plots.data import plot_dataset_statistics
 
-            plot_box_statistics(box_statistics(self.train_set), self.out_dir / "data_train.png", "data.train")
+            plot_dataset_statistics(self.train_set, self.out_dir, "train")
 
         self._guarded("training data statistics", draw)
 

@@ -7,7 +7,8 @@ from the config, runs :func:`~detkit.evaluation.loop.run_evaluation` (detections
 in original-image pixels), prints :func:`~detkit.evaluation.table.format_table`, and writes the
 metrics JSON and the COCO results JSON (with the data set's real category ids when it has them).
 With ``plots`` (detection) it also writes the evaluation plots, per_class.csv and report.txt
-(:func:`detkit.plots.evaluation.write_evaluator_plots`) and prints the report.
+(:func:`detkit.plots.evaluation.write_evaluator_plots`), the box statistics of the evaluated and
+the training split (``data_<split>.png``), and prints the report.
 Under torchrun every rank evaluates its shard; rank 0 prints and writes.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from detkit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model_weights
 from detkit.engine import dist as dist_utils
 from detkit.engine.run_logging import run_logging
-from detkit.errors import ConfigError
+from detkit.errors import ConfigError, DetkitError
 from detkit.evaluation.coco import to_coco_results
 from detkit.evaluation.loop import build_eval_loader, coco_options, run_evaluation
 from detkit.evaluation.names import metric_keys
@@ -112,11 +113,29 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
 
                 # (box-fit diagnostics could join the report here through extra_sections=)
                 written = write_evaluator_plots(evaluator, plots, dataset=dataset, metrics=metrics, **plot_options)
+                _write_data_statistics(cfg, split, dataset, plots)
                 print("\n" + written["report_text"], end="", flush=True)
                 logger.info("evaluation plots written to %s", plots)
             return metrics
     finally:
         dist_utils.destroy_distributed(info)
+
+
+def _write_data_statistics(cfg: Mapping, split: str, dataset, out_dir: Path) -> None:
+    """``data_<split>.png`` of the evaluated split and ``data_train.png`` of the training split,
+    side by side with the errors (a class the model misses may be rare in training, or its boxes
+    smaller than in training). The training split is optional here: a config without one, or whose
+    files are not on this machine, is one warning, never a failed evaluation."""
+    from detkit.data.builder import build_dataset
+    from detkit.plots.data import plot_dataset_statistics
+
+    plot_dataset_statistics(dataset, out_dir, split)
+    if split == "train":
+        return
+    try:
+        plot_dataset_statistics(build_dataset(cfg, "train"), out_dir, "train")
+    except (DetkitError, OSError) as exc:
+        logger.warning("no training-split statistics in %s: %s", out_dir, exc)
 
 
 def _collected_results(evaluator, cat_ids) -> list[dict]:

@@ -1,6 +1,10 @@
 """The box statistics of a data split as one figure (ultralytics' ``labels.jpg``, mmdetection's
 ``browse_dataset`` statistics): instances per class, box width / height and aspect-ratio
-histograms, box-centre heat map, box size scatter."""
+histograms, box-centre heat map, box size scatter.
+
+Drawn as ``data_<split>.png`` by ``detkit check-data --plots`` (:func:`plot_split_statistics`), by
+training before its first epoch (the training split) and by ``detkit eval --plots`` (the evaluated
+split and the training split: :func:`plot_dataset_statistics`)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import numpy as np
 from detkit.data.stats import BoxStatistics
 from detkit.plots.figure import new_figure, save_figure
 
-__all__ = ["plot_box_statistics", "plot_split_statistics", "FIGSIZE"]
+__all__ = ["plot_box_statistics", "plot_dataset_statistics", "plot_split_statistics", "FIGSIZE"]
 
 FIGSIZE = (15, 9)
 
@@ -79,12 +83,21 @@ def plot_box_statistics(stats: BoxStatistics, path: str | os.PathLike, title: st
     return save_figure(fig, path)
 
 
+def plot_dataset_statistics(dataset, out_dir: str | os.PathLike, split: str) -> Path | None:
+    """``out_dir/data_<split>.png`` of ``dataset``; ``None`` (and nothing drawn) for a data set
+    without ``load_annotation`` (the statistics are read from annotations, not from batches)."""
+    from detkit.data.stats import box_statistics
+
+    if not hasattr(dataset, "load_annotation"):
+        return None
+    return plot_box_statistics(box_statistics(dataset), Path(out_dir) / f"data_{split}.png", f"data.{split}")
+
+
 def plot_split_statistics(cfg: dict, split: str, out_dir: str | os.PathLike) -> list[Path]:
     """``out_dir/data_<split>.png`` for ``split`` of the config's data (``"all"``: every split)."""
     from detkit.data.builder import build_dataset
     from detkit.data.check import data_splits
-    from detkit.data.stats import box_statistics
 
     splits = data_splits(cfg) if split == "all" else [split]
-    return [plot_box_statistics(box_statistics(build_dataset(cfg, name)), Path(out_dir) / f"data_{name}.png",
-                                f"data.{name}") for name in splits]
+    paths = (plot_dataset_statistics(build_dataset(cfg, name), out_dir, name) for name in splits)
+    return [path for path in paths if path is not None]
