@@ -61,11 +61,13 @@ def test_copies_the_evaluated_checkpoints_plots_when_there_are_some(tmp_path):
     for name in ("map", "loss", "pr_curve", "confusion_matrix"):
         (work / "plots" / f"{name}.png").write_bytes(b"final " + name.encode())
     copied = tool.copy_run_plots(work, "demo", tool.DETECTION_PLOTS, tmp_path / "images")
-    assert sorted(p.name for p in copied) == ["demo_confusion_matrix.png", "demo_loss.png", "demo_map.png",
-                                              "demo_pr_curve.png"]
+    assert sorted(dst.name for _, dst in copied.values()) == ["demo_confusion_matrix.png", "demo_loss.png",
+                                                             "demo_map.png", "demo_pr_curve.png"]
+    assert copied["pr_curve"][0] == work / "plots" / "pr_curve.png"
     assert (tmp_path / "images" / "demo_pr_curve.png").read_bytes() == b"final pr_curve"
     (work / "eval_val").mkdir()  # detkit eval --plots of the evaluated checkpoint wins
     (work / "eval_val" / "pr_curve.png").write_bytes(b"evaluated")
-    tool.copy_run_plots(work, "demo", tool.DETECTION_PLOTS, tmp_path / "images")
+    copied = tool.copy_run_plots(work, "demo", tool.DETECTION_PLOTS, tmp_path / "images")
     assert (tmp_path / "images" / "demo_pr_curve.png").read_bytes() == b"evaluated"
+    assert copied["pr_curve"][0] == work / "eval_val" / "pr_curve.png"
     assert (tmp_path / "images" / "demo_confusion_matrix.png").read_bytes() == b"final confusion_matrix"

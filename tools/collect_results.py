@@ -23,7 +23,9 @@ curves and confusion matrix to ``docs/images/<name>_pr_curve.png`` / ``_confusio
 those of ``eval_val/`` when present (written by ``detkit eval --plots`` for the evaluated checkpoint,
 as ``make demo`` does: the same model as ``eval_metrics.json``), otherwise those the run drew for its
 final model in ``plots/``; for a classifier ``plots/accuracy.png`` and the confusion matrix (``eval_confusion.png``, written by
-``detkit classify eval --confusion-out``, else the run's last ``plots/confusion.png``).
+``detkit classify eval --confusion-out``, else the run's last ``plots/confusion.png``); the summary
+records each copy's source and SHA-256 (``images``), which ``tests/test_readme_tables.py`` checks
+against the committed image.
 Recipes with neither a finished run nor a summary are listed as not measured.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import re
 import shutil
@@ -133,16 +136,27 @@ CLASSIFY_PLOTS = (("accuracy", ("plots/accuracy.png",)), ("loss", ("plots/loss.p
                   ("confusion", ("eval_confusion.png", "plots/confusion.png")))
 
 
-def copy_run_plots(work_dir: Path, name: str, plots, images: Path) -> list[Path]:
+def copy_run_plots(work_dir: Path, name: str, plots, images: Path) -> dict[str, tuple[Path, Path]]:
     """Copy the first existing candidate of each of ``plots`` (see ``DETECTION_PLOTS``) into
-    ``images`` as ``<name>_<plot>.png``; returns the copies."""
+    ``images`` as ``<name>_<plot>.png``; returns ``{plot: (source, copy)}``."""
     images.mkdir(parents=True, exist_ok=True)
-    copied = []
+    copied = {}
     for plot, candidates in plots:
         src = next((work_dir / c for c in candidates if (work_dir / c).is_file()), None)
         if src is not None:
-            copied.append(Path(shutil.copyfile(src, images / f"{name}_{plot}.png")))
+            copied[plot] = (src, Path(shutil.copyfile(src, images / f"{name}_{plot}.png")))
     return copied
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def image_records(copied: dict[str, tuple[Path, Path]], work_dir: Path) -> dict[str, dict]:
+    """What a summary records of its copied plots: the committed file, the run file it came from and
+    its SHA-256, so a test can tell that the README's figures are this run's."""
+    return {plot: {"file": dst.relative_to(REPO).as_posix(), "from": src.relative_to(work_dir).as_posix(),
+                   "sha256": sha256(dst)} for plot, (src, dst) in copied.items()}
 
 
 def collect(copy_plots: bool) -> list[str]:
@@ -157,9 +171,10 @@ def collect(copy_plots: bool) -> list[str]:
                 missing.append(run_dir)
                 continue
             run["collected"] = f"{datetime.date.today().isoformat()} from {run_dir} by tools/collect_results.py"
-            write_record(RESULTS / f"{name}.json", run)
             if copy_plots:
-                copy_run_plots(REPO / run_dir, name, plots, REPO / "docs" / "images")
+                copied = copy_run_plots(REPO / run_dir, name, plots, REPO / "docs" / "images")
+                run["images"] = image_records(copied, REPO / run_dir)
+            write_record(RESULTS / f"{name}.json", run)
     return missing
 
 
