@@ -15,14 +15,17 @@ import sys
 import click
 
 from detkit import __version__
+from detkit.inference import DEFAULT_CONF
 
 
 def _friendly_errors(func):
-    """Print DetkitError as a one-line message (exit 2) instead of a traceback."""
+    """Print DetkitError as a one-line message (exit 2) instead of a traceback; so too a file-system
+    error of the machine (permission denied, read-only or full disk) that names its file."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from detkit.errors import DetkitError
+        from detkit.fileio import ENVIRONMENT_ERRNOS
 
         try:
             return func(*args, **kwargs)
@@ -30,6 +33,11 @@ def _friendly_errors(func):
             if os.environ.get("DETKIT_DEBUG"):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if os.environ.get("DETKIT_DEBUG") or exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+                raise
+            click.secho(f"error: {exc.filename}: {exc.strerror}", fg="red", err=True)
             sys.exit(2)
 
     return wrapper
@@ -47,6 +55,13 @@ set_option = click.option(
     multiple=True,
     metavar="KEY=VALUE",
     help="Override config values by dotted path: --set a.b=1 c=2 (or repeat --set); +KEY=VALUE adds a key.",
+)
+
+
+unsafe_load_option = click.option(
+    "--unsafe-load", is_flag=True,
+    help="Allow a checkpoint that stores pickled Python objects. Loading it runs code from the file: only "
+         "for files you trust (a warning is printed every time).",
 )
 
 
@@ -159,8 +174,7 @@ _train_options = _stack(
     click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (overrides train.amp)."),
     click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs)."),
-    click.option("--unsafe-load", is_flag=True,
-                 help="Allow resuming from a checkpoint that needs pickle (only for files you trust)."),
+    unsafe_load_option,
     click.option("--launcher", type=click.Choice(["none", "torchrun"]), default="none",
                  help="torchrun: join the process group that torchrun set up (also auto-detected)."),
     _friendly_errors,
@@ -183,24 +197,43 @@ def train(config_file, overrides, **options):
 
 
 _eval_options = _stack(
-    click.argument("config_file", type=click.Path(dir_okay=False)),
-    click.argument("checkpoint", type=click.Path(dir_okay=False)),
+    click.argument("args", nargs=-1, required=True, metavar="[CONFIG] MODEL"),
+    click.option("--data", "data_config", type=click.Path(dir_okay=False), default=None,
+                 help="A config whose data section to evaluate on (default: the model's own config)."),
     click.option("--split", default="val", show_default=True, help="Which data split to evaluate."),
     click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
                  help="Write the metrics as JSON here."),
     click.option("--device", default=None),
     click.option("--batch-size", type=int, default=None),
-    click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle."),
+    unsafe_load_option,
     set_option,
     _friendly_errors,
 )
 
 
-def _run_eval(task_name, config_file, overrides, **options):
+def _run_eval(task_name, args, overrides, data_config, **options):
+    """``[CONFIG] MODEL``: CONFIG replaces the config a checkpoint stores (``--set`` then applies to
+    it), else ``--set`` changes the stored one."""
     from detkit.evaluation.run import evaluate
     from detkit.tasks import TASKS
 
-    evaluate(_load(config_file, overrides), task=TASKS[task_name], **options)
+    command = "detkit classify eval" if task_name == "classification" else "detkit eval"
+    config_file, model = _split_model_args(args, (), f"{command} [CONFIG] MODEL [--data CONFIG]")
+    cfg = _load(config_file, overrides) if config_file else None
+    evaluate(cfg, model, task=TASKS[task_name], data=data_config,
+             overrides=() if config_file else overrides, **options)
+
+
+def _split_model_args(args: tuple[str, ...], tail: tuple[str, ...], usage: str) -> tuple[str | None, str, ...]:
+    """``[CONFIG] MODEL <tail...>`` -> ``(config or None, model, *tail)``: the config is optional,
+    a checkpoint stores its own and an exported model carries it."""
+    from detkit.errors import ConfigError
+
+    if len(args) == len(tail) + 1:
+        return (None, *args)
+    if len(args) == len(tail) + 2:
+        return tuple(args)
+    raise ConfigError(f"usage: {usage} (got {len(args)} argument(s))")
 
 
 @main.command("eval")
@@ -208,7 +241,9 @@ def _run_eval(task_name, config_file, overrides, **options):
               show_default=True)
 @click.option("--out", "results_out", type=click.Path(dir_okay=False), default=None,
               help="Write the detections in COCO results JSON format here.")
+# file_okay=False: `--plots CONFIG MODEL` would otherwise take CONFIG as the folder
 @click.option("--plots", is_flag=False, flag_value="auto", default=None, metavar="[DIR]",
+              type=click.Path(file_okay=False),
               help="Write PR / F1 curves, confusion matrices, per_class.csv, report.txt, mosaics and the box "
                    "statistics of the split and of data.train to DIR (default: eval_<split>/ beside the checkpoint).")
 @click.option("--score-thr", type=float, default=None,
@@ -216,9 +251,10 @@ def _run_eval(task_name, config_file, overrides, **options):
 @click.option("--iou-thr", type=float, default=None,
               help="IoU a match must exceed in the confusion matrix and counts (default eval.plot_iou_thr).")
 @_eval_options
-def eval_cmd(config_file, overrides, plots, **options):
-    """Evaluate CHECKPOINT on a split of the config's data and print VOC / COCO metrics."""
-    _run_eval("detection", config_file, overrides, plots=True if plots == "auto" else plots, **options)
+def eval_cmd(args, overrides, data_config, plots, **options):
+    """Evaluate MODEL (a checkpoint, .onnx or TorchScript file) on a split of its data and print VOC /
+    COCO metrics. CONFIG replaces the config a checkpoint stores; --data CONFIG takes only the data."""
+    _run_eval("detection", args, overrides, data_config, plots=True if plots == "auto" else plots, **options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,16 +276,15 @@ def classify_train(config_file, overrides, **options):
 @click.option("--confusion-out", type=click.Path(dir_okay=False), default=None,
               help="Draw the confusion matrix into this PNG file.")
 @_eval_options
-def classify_eval(config_file, overrides, **options):
-    """Evaluate a classifier CHECKPOINT on a split: top-1 / top-5 accuracy and a per-class table."""
-    _run_eval("classification", config_file, overrides, **options)
+def classify_eval(args, overrides, data_config, **options):
+    """Evaluate a classifier MODEL (checkpoint) on a split: top-1 / top-5 accuracy and a per-class
+    table. CONFIG replaces the config the checkpoint stores."""
+    _run_eval("classification", args, overrides, data_config, **options)
 
 
 @main.command()
-@click.argument("config_file", type=click.Path(dir_okay=False))
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("source")
-@click.option("--conf", type=float, default=0.25, show_default=True,
+@click.argument("args", nargs=-1, required=True, metavar="[CONFIG] MODEL SOURCE")
+@click.option("--conf", type=float, default=DEFAULT_CONF, show_default=True,
               help="Keep (draw, save) detections scoring at least this. Evaluation keeps the config's low "
                    "model.postprocessor.score_threshold, which mAP needs; 0 keeps everything the model returns.")
 @click.option("--iou", type=float, default=None, help="NMS IoU threshold.")
@@ -264,22 +299,56 @@ def classify_eval(config_file, overrides, **options):
 @click.option("--save-json", is_flag=True, help="Write predictions.json (COCO results format).")
 @click.option("--save-txt", is_flag=True, help="Write one .txt per image, one line per box.")
 @click.option("--show", is_flag=True, help="Show results in a window (needs a display).")
-@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@unsafe_load_option
 @set_option
 @_friendly_errors
-def infer(config_file, checkpoint, source, conf, iou, max_det, classes, device, batch_size, out_dir,
-          exist_ok, save_vis, save_json, save_txt, show, unsafe_load, overrides):
-    """Run CHECKPOINT on SOURCE: an image, a folder, a glob, a video file or a webcam index."""
+def infer(args, conf, iou, max_det, classes, device, batch_size, out_dir, exist_ok, save_vis, save_json,
+          save_txt, show, unsafe_load, overrides):
+    """Run MODEL (a checkpoint, .onnx or TorchScript file) on SOURCE: an image, a folder, a glob, a video
+    file or a webcam index. CONFIG (optional) replaces the config a checkpoint stores."""
     from detkit.inference.run import infer as run_infer
 
-    cfg = _load(config_file, overrides)
-    result = run_infer(cfg, checkpoint, source, conf=conf, iou=iou, max_det=max_det, classes=classes,
+    config_file, model, source = _split_model_args(args, ("SOURCE",), "detkit infer [CONFIG] MODEL SOURCE")
+    cfg = _load(config_file, overrides) if config_file else None
+    result = run_infer(cfg, model, source, conf=conf, iou=iou, max_det=max_det, classes=classes,
                        device=device, batch_size=batch_size, out_dir=out_dir, exist_ok=exist_ok,
                        save_vis=save_vis, save_json=save_json, save_txt=save_txt, show=show,
-                       unsafe_load=unsafe_load)
+                       unsafe_load=unsafe_load, overrides=() if config_file else overrides)
     click.echo(result.summary())
     if result.error:  # outputs written so far are complete files; the exit status says it stopped early
         sys.exit(1)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "pth"]), default="onnx",
+              show_default=True, help="onnx / torchscript: the graph with its metadata; pth: a stripped checkpoint.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default: beside CHECKPOINT, <stem>.onnx / .torchscript / _deploy.pth).")
+@click.option("--dynamic-batch", is_flag=True, help="Any batch size (default: batch 1).")
+@click.option("--no-nms", is_flag=True, help="Export the raw candidates (boxes, per-class scores) without NMS.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Use this config instead of the one the checkpoint stores.")
+@click.option("--conf", type=float, default=None,
+              help="In-graph score threshold (default: the config's postprocessor value).")
+@click.option("--iou", type=float, default=None, help="In-graph NMS IoU threshold.")
+@click.option("--max-det", type=int, default=None, help="Detections per image (the outputs' fixed size).")
+@click.option("--half/--no-half", default=True, show_default=True, help="pth: store weights as float16.")
+@click.option("--int8", is_flag=True, help="onnx, yolov1: int8 weights and activations (ONNX Runtime static "
+              "quantisation calibrated on the config's validation images); see README Deploy for its speed and mAP.")
+@unsafe_load_option
+@set_option
+@_friendly_errors
+def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, max_det, half, int8, unsafe_load,
+           overrides):
+    """Export CHECKPOINT for deployment: ONNX or TorchScript (YOLOv1 whole, with NMS; R-CNN's region
+    scoring with the proposals as an input), or a stripped checkpoint (weights, config, class names)."""
+    from detkit.deploy.export import export as run_export
+
+    path = run_export(checkpoint, fmt, out, config=config_file, dynamic_batch=dynamic_batch, nms=not no_nms,
+                      conf=conf, iou=iou, max_det=max_det, half=half, int8=int8, unsafe_load=unsafe_load,
+                      overrides=overrides)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @main.command("check-data")
@@ -287,16 +356,22 @@ def infer(config_file, checkpoint, source, conf, iou, max_det, classes, device, 
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="all",
               show_default=True)
 @click.option("--workers", type=int, default=None, help="Parallel readers (default: CPU count).")
+@click.option("--no-cache", is_flag=True, help="Decode every image again (ignore the verification cache).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also draw each split's box statistics into DIR/data_<split>.png.")
 @set_option
 @_friendly_errors
-def check_data(config_file, split, workers, plots_dir, overrides):
-    """Read every sample of the config's data once and report counts and problems."""
+def check_data(config_file, split, workers, no_cache, plots_dir, overrides):
+    """Read every sample of the config's data once and report counts and problems.
+
+    Runs the verification pass training runs when it builds the data (same report); exit status 1
+    when a sample would be excluded from training or a split cannot be built. With --plots, draws
+    the box statistics of each split (when nothing is fatal).
+    """
     from detkit.data.check import check_data as run_check
 
     cfg = _load(config_file, overrides)
-    fatal = run_check(cfg, split=split, workers=workers)
+    fatal = run_check(cfg, split=split, workers=workers, cache=not no_cache)
     if plots_dir and fatal:
         click.echo("no box statistics drawn: fix the fatal problems first", err=True)
     elif plots_dir:
@@ -310,7 +385,7 @@ def check_data(config_file, split, workers, plots_dir, overrides):
 # ----------------------------------------------------------------------------------------------
 @main.group()
 def data():
-    """Data set tools: synthetic data, conversion, browsing."""
+    """Data set tools: download, synthetic data, conversion, browsing."""
 
 
 @data.command("make-shapes")
@@ -343,6 +418,47 @@ def voc2coco(root, out, split, classes):
 
     names = [c.strip() for c in classes.split(",")] if classes else None
     click.echo(voc_to_coco(root, out, split=split, classes=names))
+
+
+@data.command("convert")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--to", "to", type=click.Choice(["voc", "coco", "yolo"]), required=True, help="Layout to write.")
+@click.option("--from", "src_format", type=click.Choice(["voc", "coco", "yolo"]), default=None,
+              help="Layout of SRC (default: recognised from its files).")
+@click.option("--split", "splits", multiple=True, help="Splits to convert (repeat; default: train and val).")
+@click.option("--classes", default=None, help="Comma-separated class names (default: the source's own).")
+@click.option("--img-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Image folder of a COCO JSON given as SRC.")
+@click.option("--images", type=click.Choice(["link", "copy", "symlink"]), default="link", show_default=True,
+              help="How images get into OUT (link: hard link, copied when that is impossible).")
+@_friendly_errors
+def data_convert(src, out, to, src_format, splits, classes, img_dir, images):
+    """Convert the data set SRC (VOC folder, COCO folder or JSON, YOLO data.yaml) to another layout in OUT."""
+    from detkit.data.convert import convert
+
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    click.echo(convert(src, out, to=to, src_format=src_format, splits=splits or ("train", "val"), classes=names,
+                       img_dir=img_dir, images=images))
+
+
+@data.command("get")
+@click.argument("name", required=False)
+@click.option("--dir", "dest", type=click.Path(file_okay=False), default=None,
+              help="Data folder to fill (default: $DETKIT_DATA, else data/ of this clone).")
+@click.option("--list", "show_list", is_flag=True, help="List the known data sets.")
+@click.option("--mirror", default=None, metavar="URL", help="Fetch each file as URL/<file name> instead.")
+@click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives (in DIR/.downloads/).")
+@click.option("--force", is_flag=True, help="Fetch again even if the data set is in place.")
+@_friendly_errors
+def data_get(name, dest, show_list, mirror, keep_archives, force):
+    """Download the public data set NAME, check it and lay it out the way detkit reads it."""
+    from detkit.data.fetch import fetch, format_table
+
+    if show_list or not name:
+        click.echo(format_table())
+        return
+    click.echo(fetch(name, dest, mirror=mirror, keep_archives=keep_archives, force=force))
 
 
 @data.command("show")

@@ -171,6 +171,32 @@ def test_a_tracker_that_cannot_start_is_dropped_with_a_warning(tmp_path, caplog)
     assert "mlflow logger cannot start" in warning.getMessage()
 
 
+def test_a_failed_tensorboard_write_is_one_warning_not_a_thread_traceback(tmp_path, monkeypatch, caplog):
+    """TensorBoard writes on a background thread; when a write fails (here: its folder replaced by a
+    file; in real life a full or read-only disk) that thread's exception must not reach the console
+    as a traceback: the tracker is dropped with one warning and the process's hook is restored."""
+    pytest.importorskip("tensorboard")
+    import shutil
+    import threading
+
+    from detkit.engine.loggers import TensorBoardTracker
+
+    printed = []
+    monkeypatch.setattr(threading, "excepthook", printed.append)  # what would print the traceback
+    trackers = TrackerSet([TensorBoardTracker(tmp_path, {})])
+    trackers.start()
+    shutil.rmtree(tmp_path / "tensorboard")
+    (tmp_path / "tensorboard").write_text("not a folder any more")
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        for epoch in (1, 2, 3):
+            trackers.log_record({"type": "epoch", "epoch": epoch, "iter": epoch, "loss": 1.0})
+        trackers.finish(success=True)
+    assert trackers.trackers == []
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "tensorboard logger failed" in warning.getMessage() and "Not a directory" in warning.getMessage()
+    assert printed == [] and threading.excepthook == printed.append
+
+
 def test_loggers_key_is_checked():
     assert resolve_train_config({})["loggers"] == ["tensorboard"]
     assert resolve_train_config({"loggers": []})["loggers"] == []

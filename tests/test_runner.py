@@ -294,6 +294,11 @@ def test_evaluate_refuses_mismatched_classes(tiny, tmp_path):
     cfg = tiny_cfg(epochs=1)
     model = TinyDet(3)
     save_checkpoint(tmp_path / "c.pth", {"model": model.state_dict(), "class_names": ["a", "b", "c"]})
+    with pytest.raises(ConfigError, match=r"c.pth has 3 classes but the config's data.classes has 2: "
+                                          r"\['a', 'b', 'c'\] vs \['a', 'b'\]"):
+        evaluate(cfg, tmp_path / "c.pth", metric="voc07", device="cpu")
+    # Without a class list in the config, the data set's classes are checked against the model's.
+    del cfg["data"]["classes"]
     with pytest.raises(ConfigError, match=r"classes \['a', 'b', 'c'\] but data.val has \['a', 'b'\]"):
         evaluate(cfg, tmp_path / "c.pth", metric="voc07", device="cpu")
 
@@ -340,6 +345,9 @@ def test_cli_train_and_eval(tiny, tmp_path, monkeypatch):
     assert "IoU > 0.3, score >= 0.1" in (tmp_path / "p" / "report.txt").read_text()
     result = runner.invoke(main, ["eval", str(config), str(work / "last.pth"), "--plots", "--score-thr", "2"])
     assert result.exit_code == 2 and "eval.plot_score_thr: expected a number in [0, 1], got 2.0" in result.output
+    # --plots before the positional arguments would take the config as its folder: refused
+    result = runner.invoke(main, ["eval", "--plots", str(config), str(work / "last.pth")])
+    assert result.exit_code == 2 and "is a file" in result.output
 
     result = runner.invoke(main, ["train", str(config), "--device", "cpu", "--set", "train.epochs=0"])
     assert result.exit_code == 2 and "train.epochs: expected an integer >= 1" in result.output

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -140,6 +141,9 @@ class Tracker:
     def finish(self, success: bool) -> None:
         raise NotImplementedError
 
+    def abandon(self) -> None:
+        """Release what :meth:`start` took after a failure (the tracker is dropped); never raises."""
+
     def plot_files(self) -> list[Path]:
         plots = self.work_dir / "plots"
         return sorted(plots.rglob("*.png")) if plots.is_dir() else []
@@ -154,6 +158,18 @@ class TensorBoardTracker(Tracker):
         self.log_dir = Path(self.options.get("log_dir") or self.work_dir / "tensorboard")
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
         self.last_step = 0
+        # TensorBoard writes events on a background thread; a failed write (full or read-only disk)
+        # ends that thread with an exception Python prints as a traceback, and the writer raises it
+        # again on the next add_scalar / close, where TrackerSet reports it as one warning. The
+        # thread's copy is kept off the console while this writer is open.
+        self._excepthook = threading.excepthook
+        previous = self._excepthook
+
+        def quiet_writer_threads(args) -> None:
+            if not type(args.thread).__module__.startswith("tensorboard."):
+                previous(args)
+
+        threading.excepthook = quiet_writer_threads
 
     def log_scalars(self, scalars, step, record) -> None:
         for key, value in scalars.items():
@@ -167,8 +183,17 @@ class TensorBoardTracker(Tracker):
             for path in self.plot_files():
                 name = path.relative_to(self.work_dir / "plots").with_suffix("").as_posix()
                 self.writer.add_image(f"plots/{name}", read_image(path), self.last_step, dataformats="HWC")
+            self.writer.close()  # a failed last flush is reported (abandon's second close is a no-op)
         finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        try:
             self.writer.close()
+        except Exception:  # noqa: BLE001 - already reported by the write that failed
+            pass
+        finally:
+            threading.excepthook = self._excepthook
 
 
 class MLflowTracker(Tracker):
@@ -299,6 +324,8 @@ class TrackerSet:
                 logger.warning("%s logger %s, continuing without it: %s: %s", tracker.name, what,
                                type(exc).__name__, exc)
                 self.trackers.remove(tracker)
+                if method != "start":
+                    tracker.abandon()
 
     def start(self) -> None:
         self._call("start")

@@ -1,9 +1,10 @@
 """``detkit eval`` and ``detkit classify eval``: score a checkpoint on a data split, print the table,
 write metrics and results.
 
-:func:`evaluate` loads the checkpoint weights-only, builds the model (a detector, or what ``task``
-evaluates: :mod:`detkit.tasks`) and the split's data set
-from the config, runs :func:`~detkit.evaluation.loop.run_evaluation` (detections and ground truth
+:func:`evaluate` loads the model file (a checkpoint weights-only, with its stored config unless one
+is given, or an ONNX / TorchScript export: :func:`detkit.deploy.backends.load_model`; a checkpoint
+holds a detector or what ``task`` evaluates: :mod:`detkit.tasks`), builds the split's data set, runs
+:func:`~detkit.evaluation.loop.run_evaluation` (detections and ground truth
 in original-image pixels), prints :func:`~detkit.evaluation.table.format_table`, and writes the
 metrics JSON and the COCO results JSON (with the data set's real category ids when it has them).
 With ``plots`` (detection) it also writes the evaluation plots, per_class.csv and report.txt
@@ -19,7 +20,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from detkit.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model_weights
+from detkit.checkpoint import CHECKPOINT_FORMAT
 from detkit.engine import dist as dist_utils
 from detkit.engine.run_logging import run_logging
 from detkit.errors import ConfigError, DetkitError
@@ -36,26 +37,31 @@ __all__ = ["evaluate"]
 logger = logging.getLogger("detkit")
 
 
-def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metrics_out=None,
+def evaluate(cfg: Mapping | None, checkpoint, *, metric="all", split: str = "val", metrics_out=None,
              results_out=None, device=None, batch_size: int | None = None, unsafe_load: bool = False,
-             launcher: str = "none", task: Task = DETECTION, confusion_out=None,
-             plots: bool | str | os.PathLike | None = None, score_thr: float | None = None,
+             launcher: str = "none", task: Task = DETECTION, confusion_out=None, data=None,
+             overrides=(), plots: bool | str | os.PathLike | None = None, score_thr: float | None = None,
              iou_thr: float | None = None) -> dict | None:
     """Evaluate ``checkpoint`` on ``data.<split>``; prints the table, writes ``metrics_out``
     (metrics JSON), ``results_out`` (COCO results JSON; detection only) and ``confusion_out`` (the
     confusion matrix as a PNG; classification only). Returns the metrics (``None`` on ranks other
     than 0 under torchrun).
 
-    ``plots`` (detection): a folder for the evaluation plots, or True for ``eval_<split>/`` beside
-    the checkpoint; ``score_thr`` / ``iou_thr`` (default ``eval.plot_score_thr`` /
-    ``eval.plot_iou_thr``) are the thresholds of the confusion matrix, the per-class counts and the
-    mosaics."""
-    from detkit.data.builder import build_dataset, check_same_classes
+    ``checkpoint`` is any model file :func:`detkit.deploy.backends.load_model` runs (a checkpoint,
+    an ONNX or TorchScript export). ``cfg`` replaces the config the file stores (``None``: use that
+    one, changed by the ``--set`` items in ``overrides``); ``data`` is a config (path or dict) whose
+    ``data`` section replaces the model config's (``detkit eval --data``).
 
-    if not isinstance(cfg, Mapping) or "model" not in cfg:
+    ``plots`` (detection): a folder for the evaluation plots, or True for ``eval_<split>/`` beside
+    the model file; ``score_thr`` / ``iou_thr`` (default ``eval.plot_score_thr`` /
+    ``eval.plot_iou_thr`` of the config) are the thresholds of the confusion matrix, the per-class
+    counts and the mosaics."""
+    from detkit.data.builder import build_dataset, check_same_classes
+    from detkit.deploy.backends import load_model
+    from detkit.deploy.loading import with_data
+
+    if cfg is not None and (not isinstance(cfg, Mapping) or "model" not in cfg):
         raise ConfigError("config has no 'model' section")
-    tcfg = resolve_train_config(cfg.get("train"))
-    ecfg = resolve_eval_config(cfg.get("eval"), tcfg, task.name)
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
     metric_keys(metric, task.name)  # validates the name before anything heavy happens
@@ -63,29 +69,33 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
         raise ConfigError(f"--out writes detections (COCO results); a {task.name} evaluation has none")
     if confusion_out and task is DETECTION:
         raise ConfigError("a confusion matrix is drawn for classifiers (detkit classify eval), not detectors")
-    plot_options = {}
     if plots:
         from detkit.schema import check_value
 
         if task is not DETECTION:
             raise ConfigError(f"--plots draws detection diagnostics; for a {task.name} evaluation use --confusion-out")
-        plot_options = {"score_threshold": ecfg["plot_score_thr"] if score_thr is None else score_thr,
-                        "iou_threshold": ecfg["plot_iou_thr"] if iou_thr is None else iou_thr}
-        check_value("eval", "plot_score_thr", plot_options["score_threshold"])
-        check_value("eval", "plot_iou_thr", plot_options["iou_threshold"])
+        # thresholds given on the command line are checked before anything heavy happens; the
+        # config's defaults once the model file's config is known
+        for key, value in (("plot_score_thr", score_thr), ("plot_iou_thr", iou_thr)):
+            if value is not None:
+                check_value("eval", key, value)
         plots = Path(checkpoint).parent / f"eval_{split}" if plots is True else Path(plots)
     info = dist_utils.init_distributed(launcher, device)
     try:
         with run_logging(None, info.rank):
-            ckpt = load_checkpoint(checkpoint, map_location="cpu", unsafe=unsafe_load)
+            # conf=None: evaluation keeps the config's low score threshold, which mAP needs.
+            loaded = load_model(checkpoint, cfg, device=info.device, conf=None, unsafe_load=unsafe_load,
+                                overrides=overrides)
+            cfg = with_data(loaded.cfg, data)
+            tcfg = resolve_train_config(cfg.get("train"))
+            ecfg = resolve_eval_config(cfg.get("eval"), tcfg, task.name)
+            plot_options = {"score_threshold": ecfg["plot_score_thr"] if score_thr is None else score_thr,
+                            "iou_threshold": ecfg["plot_iou_thr"] if iou_thr is None else iou_thr}
             dataset = build_dataset(cfg, split)
             check_dataset_task(dataset, task, f"data.{split}")
-            class_names = tuple(ckpt.get("class_names") or (cfg.get("data") or {}).get("classes")
-                                or dataset.classes)
-            check_same_classes(class_names, dataset.classes, f"checkpoint {checkpoint}", f"data.{split}")
-            model = task.build_model(cfg["model"], class_names, pretrained=False)  # the checkpoint's weights
-            load_model_weights(model, ckpt, source=str(checkpoint))
-            model.to(info.device).eval()
+            class_names = loaded.class_names
+            check_same_classes(class_names, dataset.classes, f"model {checkpoint}", f"data.{split}")
+            model, ckpt = loaded.model, loaded.checkpoint or {}
             loader = build_eval_loader(dataset, batch_size or ecfg["batch_size"], ecfg["num_workers"],
                                        tcfg["bad_sample"])
             evaluator = task.build_evaluators(metric, class_names, dataset)
@@ -133,7 +143,9 @@ def _write_data_statistics(cfg: Mapping, split: str, dataset, out_dir: Path) -> 
     if split == "train":
         return
     try:
-        plot_dataset_statistics(build_dataset(cfg, "train"), out_dir, "train")
+        # verify=False: the statistics read annotations only; decoding every training image to
+        # verify it would cost more than the evaluation
+        plot_dataset_statistics(build_dataset(cfg, "train", verify=False), out_dir, "train")
     except (DetkitError, OSError) as exc:
         logger.warning("no training-split statistics in %s: %s", out_dir, exc)
 

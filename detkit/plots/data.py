@@ -99,5 +99,6 @@ def plot_split_statistics(cfg: dict, split: str, out_dir: str | os.PathLike) -> 
     from detkit.data.check import data_splits
 
     splits = data_splits(cfg) if split == "all" else [split]
-    paths = (plot_dataset_statistics(build_dataset(cfg, name), out_dir, name) for name in splits)
+    # verify=False: check-data has just run the verification pass (and draws only when it excluded nothing)
+    paths = (plot_dataset_statistics(build_dataset(cfg, name, verify=False), out_dir, name) for name in splits)
     return [path for path in paths if path is not None]

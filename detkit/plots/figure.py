@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from detkit.fileio import temp_path
+
 __all__ = ["DPI", "new_figure", "save_figure", "write_png"]
 
 DPI = 100  # a figure of figsize (w, h) inches is a (100 w) x (100 h) pixel PNG
@@ -26,7 +28,8 @@ def new_figure(figsize: tuple[float, float]):
 
 def _replace(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    # the name the work dir's stale-temporary clean-up knows (matplotlib and cv2 need the extension)
+    tmp = temp_path(path, extension=path.suffix)
     write(tmp)
     os.replace(tmp, path)
     return path
