@@ -241,11 +241,20 @@ def _split_model_args(args: tuple[str, ...], tail: tuple[str, ...], usage: str) 
               show_default=True)
 @click.option("--out", "results_out", type=click.Path(dir_okay=False), default=None,
               help="Write the detections in COCO results JSON format here.")
+# file_okay=False: `--plots CONFIG MODEL` would otherwise take CONFIG as the folder
+@click.option("--plots", is_flag=False, flag_value="auto", default=None, metavar="[DIR]",
+              type=click.Path(file_okay=False),
+              help="Write PR / F1 curves, confusion matrices, per_class.csv, report.txt, mosaics and the box "
+                   "statistics of the split and of data.train to DIR (default: eval_<split>/ beside the checkpoint).")
+@click.option("--score-thr", type=float, default=None,
+              help="Score threshold of the confusion matrix, counts and mosaics (default eval.plot_score_thr).")
+@click.option("--iou-thr", type=float, default=None,
+              help="IoU a match must exceed in the confusion matrix and counts (default eval.plot_iou_thr).")
 @_eval_options
-def eval_cmd(args, overrides, data_config, **options):
+def eval_cmd(args, overrides, data_config, plots, **options):
     """Evaluate MODEL (a checkpoint, .onnx or TorchScript file) on a split of its data and print VOC /
     COCO metrics. CONFIG replaces the config a checkpoint stores; --data CONFIG takes only the data."""
-    _run_eval("detection", args, overrides, data_config, **options)
+    _run_eval("detection", args, overrides, data_config, plots=True if plots == "auto" else plots, **options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,18 +400,28 @@ def serve(model, host, port, workers, log_level, **options):
               show_default=True)
 @click.option("--workers", type=int, default=None, help="Parallel readers (default: CPU count).")
 @click.option("--no-cache", is_flag=True, help="Decode every image again (ignore the verification cache).")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also draw each split's box statistics into DIR/data_<split>.png.")
 @set_option
 @_friendly_errors
-def check_data(config_file, split, workers, no_cache, overrides):
+def check_data(config_file, split, workers, no_cache, plots_dir, overrides):
     """Read every sample of the config's data once and report counts and problems.
 
     Runs the verification pass training runs when it builds the data (same report); exit status 1
-    when a sample would be excluded from training or a split cannot be built.
+    when a sample would be excluded from training or a split cannot be built. With --plots, draws
+    the box statistics of each split (when nothing is fatal).
     """
     from detkit.data.check import check_data as run_check
 
     cfg = _load(config_file, overrides)
     fatal = run_check(cfg, split=split, workers=workers, cache=not no_cache)
+    if plots_dir and fatal:
+        click.echo("no box statistics drawn: fix the fatal problems first", err=True)
+    elif plots_dir:
+        from detkit.plots.data import plot_split_statistics
+
+        for path in plot_split_statistics(cfg, split, plots_dir):
+            click.echo(f"box statistics: {path}")
     sys.exit(1 if fatal else 0)
 
 

@@ -87,6 +87,21 @@ def _path_or_none(value, path):
         raise ConfigError(f"{path}: expected a checkpoint path or None, got {value!r}")
 
 
+def _loggers(value, path):
+    from detkit.engine.loggers import check_loggers  # no torch import: the names and options only
+
+    check_loggers(value, path)
+
+
+def _fraction(upper_open: bool):
+    def check(value, path):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            0 <= value < 1 if upper_open else 0 <= value <= 1)
+        if not ok:
+            raise ConfigError(f"{path}: expected a number in [0, {'1)' if upper_open else '1]'}, got {value!r}")
+    return check
+
+
 # -- the sections ---------------------------------------------------------------------------------
 # Documented in docs/training.md ("The train and eval sections"); keep the two in step.
 
@@ -113,6 +128,8 @@ TRAIN_KEYS = {
     "load_from": Key(None, _path_or_none),
     "bad_sample": Key("raise", _choice("raise", "skip")),
     "find_unused_parameters": Key(False, _boolean),
+    # experiment trackers (detkit.engine.loggers): names or dict(type=NAME, **options)
+    "loggers": Key(["tensorboard"], _loggers),
 }
 EVAL_KEYS = {
     # metric and save_best: the detection defaults here; a classification run's come from
@@ -121,6 +138,9 @@ EVAL_KEYS = {
     "batch_size": Key(None, _integer(1)),  # None: train.batch_size
     "num_workers": Key(None, _integer(0)),  # None: train.num_workers
     "save_best": Key(TASK_EVAL_DEFAULTS["detection"]["save_best"], lambda value, path: None),
+    "plots": Key(True, _boolean),  # evaluation plots of the final model into <work_dir>/plots
+    "plot_score_thr": Key(0.25, _fraction(upper_open=False)),  # confusion matrix, counts, mosaics
+    "plot_iou_thr": Key(0.5, _fraction(upper_open=True)),  # a match needs IoU > this
 }
 _SCHEMA = {"train": TRAIN_KEYS, "eval": EVAL_KEYS}
 

@@ -51,3 +51,23 @@ def test_eval_metrics_file_wins_and_unfinished_runs_are_skipped(tmp_path):
     write_run(tmp_path / "running", finished=False)
     assert tool.read_run(tmp_path / "running") is None
     assert tool.read_run(tmp_path / "absent") is None
+
+
+def test_copies_the_evaluated_checkpoints_plots_when_there_are_some(tmp_path):
+    tool = load_tool()
+    work = tmp_path / "run"
+    write_run(work)
+    (work / "plots").mkdir()
+    for name in ("map", "loss", "pr_curve", "confusion_matrix"):
+        (work / "plots" / f"{name}.png").write_bytes(b"final " + name.encode())
+    copied = tool.copy_run_plots(work, "demo", tool.DETECTION_PLOTS, tmp_path / "images")
+    assert sorted(dst.name for _, dst in copied.values()) == ["demo_confusion_matrix.png", "demo_loss.png",
+                                                             "demo_map.png", "demo_pr_curve.png"]
+    assert copied["pr_curve"][0] == work / "plots" / "pr_curve.png"
+    assert (tmp_path / "images" / "demo_pr_curve.png").read_bytes() == b"final pr_curve"
+    (work / "eval_val").mkdir()  # detkit eval --plots of the evaluated checkpoint wins
+    (work / "eval_val" / "pr_curve.png").write_bytes(b"evaluated")
+    copied = tool.copy_run_plots(work, "demo", tool.DETECTION_PLOTS, tmp_path / "images")
+    assert (tmp_path / "images" / "demo_pr_curve.png").read_bytes() == b"evaluated"
+    assert copied["pr_curve"][0] == work / "eval_val" / "pr_curve.png"
+    assert (tmp_path / "images" / "demo_confusion_matrix.png").read_bytes() == b"final confusion_matrix"

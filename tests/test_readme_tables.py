@@ -5,6 +5,7 @@
 edited by hand, or a record changed without re-rendering, fails here.
 """
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -123,6 +124,28 @@ def test_collect_reads_a_classifier_run_and_its_confusion_matrix(tools, tmp_path
     assert rows[2] == "| `cls` | `c` | d | 0.625 | 1.000 | 0.600 | 1 epochs in 7 s | 50.0 | eval_metrics.json |"
     assert (tmp_path / "docs/images/cls_confusion.png").read_bytes() == b"eval_confusion.png"
     assert (tmp_path / "docs/images/cls_accuracy.png").read_bytes() == b"plots/accuracy.png"
+    # the summary says where each copy came from, and its hash
+    images = json.loads((tmp_path / "results" / "cls.json").read_text())["images"]
+    assert images["confusion"] == {"file": "docs/images/cls_confusion.png", "from": "eval_confusion.png",
+                                   "sha256": hashlib.sha256(b"eval_confusion.png").hexdigest()}
+    assert images["accuracy"]["from"] == "plots/accuracy.png" and "loss" not in images
+
+
+def test_readme_figures_are_the_collected_runs_plots(tools):
+    """The committed docs/images copies are those the summaries record (a figure replaced by hand, or
+    left behind by a re-run that was not collected, fails); the demo's PR curves and confusion
+    matrix in the README are the `make demo` run's (eval_val/ of its evaluated checkpoint)."""
+    collect, _, sections = tools
+    summaries = sections.load_records(collect.RESULTS)
+    for name, summary in summaries.items():
+        for plot, image in summary.get("images", {}).items():
+            digest = hashlib.sha256((REPO / image["file"]).read_bytes()).hexdigest()
+            assert digest == image["sha256"], f"{image['file']} is not the copy {name}.json records"
+    demo = summaries["yolov1_shapes"]["images"]
+    readme = (REPO / "README.md").read_text()
+    for plot in ("pr_curve", "confusion_matrix"):
+        assert demo[plot]["from"] == f"eval_val/{plot}.png"
+        assert f"]({demo[plot]['file']})" in readme
 
 
 def test_bench_record_option_and_table_rendering(tools):

@@ -60,7 +60,11 @@ def test_train_fills_the_run_directory(tiny, tmp_path):
     files = sorted(p.name for p in work.iterdir())
     assert {"config.json", "train.log", "metrics.jsonl", "last.pth", "epoch_1.pth", "epoch_2.pth",
             "best_voc07_ap50.pth", "plots"} <= set(files)
-    assert sorted(p.name for p in (work / "plots").iterdir()) == ["loss.png", "lr.png", "map.png"]
+    # training curves, and the evaluation plots of the final model (no mosaics nor data statistics:
+    # the tiny data set cannot load images or annotations on their own)
+    assert sorted(p.name for p in (work / "plots").iterdir()) == [
+        "confusion_matrix.png", "confusion_matrix_normalized.png", "f1_curve.png", "loss.png", "lr.png", "map.png",
+        "per_class.csv", "pr_curve.png", "report.txt"]
 
     config = json.loads((work / "config.json").read_text())
     assert config["train"]["seed"] == 3 and config["train"]["nan_policy"] == "raise"  # defaults filled in
@@ -324,6 +328,26 @@ def test_cli_train_and_eval(tiny, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "voc07_ap50" in result.output
     assert "voc07_ap50" in json.loads((tmp_path / "m.json").read_text())
+
+    # --plots: beside the checkpoint by default; the final model's analysis equals the one training
+    # wrote at its end (same weights, same thresholds)
+    result = runner.invoke(main, ["eval", str(config), str(work / "last.pth"), "--metric", "voc07", "--plots",
+                                  "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "detkit evaluation report" in result.output and "most confused pairs" in result.output
+    for name in ("pr_curve.png", "f1_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
+                 "report.txt"):
+        assert (work / "eval_val" / name).stat().st_size > 0
+    assert (work / "eval_val" / "per_class.csv").read_text() == (work / "plots" / "per_class.csv").read_text()
+    result = runner.invoke(main, ["eval", str(config), str(work / "last.pth"), "--plots", "p", "--score-thr", "0.1",
+                                  "--iou-thr", "0.3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "IoU > 0.3, score >= 0.1" in (tmp_path / "p" / "report.txt").read_text()
+    result = runner.invoke(main, ["eval", str(config), str(work / "last.pth"), "--plots", "--score-thr", "2"])
+    assert result.exit_code == 2 and "eval.plot_score_thr: expected a number in [0, 1], got 2.0" in result.output
+    # --plots before the positional arguments would take the config as its folder: refused
+    result = runner.invoke(main, ["eval", "--plots", str(config), str(work / "last.pth")])
+    assert result.exit_code == 2 and "is a file" in result.output
 
     result = runner.invoke(main, ["train", str(config), "--device", "cpu", "--set", "train.epochs=0"])
     assert result.exit_code == 2 and "train.epochs: expected an integer >= 1" in result.output

@@ -60,13 +60,14 @@ def voc_eval_all_reference(images, num_classes, ovthresh=0.5, use_07_metric=Fals
     return [voc_eval_reference(images, c, ovthresh, use_07_metric, lines=files[c]) for c in range(num_classes)]
 
 
-def voc_eval_reference(images, classname, ovthresh=0.5, use_07_metric=False, lines=None):
+def voc_eval_reference(images, classname, ovthresh=0.5, use_07_metric=False, lines=None, details=False):
     """AP of class ``classname`` over ``images``, a list of per-image dicts (in results-file order):
 
     ``dict(gt_boxes=[K,4], gt_labels=[K], difficult=[K], iscrowd=[K] (optional),
     det_boxes=[M,4], det_scores=[M], det_labels=[M])`` as numpy arrays, boxes xyxy in pixels
     (inclusive convention: width = x2 - x1 + 1). ``lines``: this class's results file from
-    :func:`write_results_reference` (computed here when not given).
+    :func:`write_results_reference` (computed here when not given). ``details``: return
+    ``dict(ap, tp, fp, confidence, rec, prec, npos)`` (per ranked detection) instead of the AP.
     """
     # extract gt objects for this class
     class_recs = {}
@@ -135,6 +136,12 @@ def voc_eval_reference(images, classname, ovthresh=0.5, use_07_metric=False, lin
         else:
             fp[d] = 1.0
 
+    if details:
+        ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+        prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+        rec = ctp / float(npos) if npos else np.zeros(nd)
+        return {"ap": voc_ap_reference(rec, prec, use_07_metric) if npos else 0.0, "tp": tp, "fp": fp,
+                "confidence": confidence[sorted_ind], "rec": rec, "prec": prec, "npos": int(npos)}
     if npos == 0:
         return 0.0
 

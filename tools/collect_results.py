@@ -18,9 +18,14 @@ For each run directory it reads what the run itself wrote - nothing is typed in 
     (the final model, not the best epoch);
   * training time: the ``training finished: N epoch(s) in HH:MM:SS`` line of ``train.log``;
   * img/s: the mean of the per-iteration-window ``img_per_s`` records of ``metrics.jsonl``;
-and copies ``plots/map.png`` (and ``plots/loss.png``) to ``docs/images/<name>_map.png``; for a
-classifier ``plots/accuracy.png`` and the confusion matrix (``eval_confusion.png``, written by
-``detkit classify eval --confusion-out``, else the run's last ``plots/confusion.png``).
+and copies ``plots/map.png`` (and ``plots/loss.png``) to ``docs/images/<name>_map.png``, and the PR
+curves and confusion matrix to ``docs/images/<name>_pr_curve.png`` / ``_confusion_matrix.png``:
+those of ``eval_val/`` when present (written by ``detkit eval --plots`` for the evaluated checkpoint,
+as ``make demo`` does: the same model as ``eval_metrics.json``), otherwise those the run drew for its
+final model in ``plots/``; for a classifier ``plots/accuracy.png`` and the confusion matrix (``eval_confusion.png``, written by
+``detkit classify eval --confusion-out``, else the run's last ``plots/confusion.png``); the summary
+records each copy's source and SHA-256 (``images``), which ``tests/test_readme_tables.py`` checks
+against the committed image.
 Recipes with neither a finished run nor a summary are listed as not measured.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import re
 import shutil
@@ -123,9 +129,34 @@ def render_classify_table(summaries: dict[str, dict]) -> str:
 # README section -> its renderer
 SECTIONS = {"results": render_table, "classification": render_classify_table}
 # plots copied to docs/images/<name>_<plot>.png: (plot name, candidate files in the run directory)
-DETECTION_PLOTS = (("map", ("plots/map.png",)), ("loss", ("plots/loss.png",)))
+DETECTION_PLOTS = (("map", ("plots/map.png",)), ("loss", ("plots/loss.png",)),
+                   ("pr_curve", ("eval_val/pr_curve.png", "plots/pr_curve.png")),
+                   ("confusion_matrix", ("eval_val/confusion_matrix.png", "plots/confusion_matrix.png")))
 CLASSIFY_PLOTS = (("accuracy", ("plots/accuracy.png",)), ("loss", ("plots/loss.png",)),
                   ("confusion", ("eval_confusion.png", "plots/confusion.png")))
+
+
+def copy_run_plots(work_dir: Path, name: str, plots, images: Path) -> dict[str, tuple[Path, Path]]:
+    """Copy the first existing candidate of each of ``plots`` (see ``DETECTION_PLOTS``) into
+    ``images`` as ``<name>_<plot>.png``; returns ``{plot: (source, copy)}``."""
+    images.mkdir(parents=True, exist_ok=True)
+    copied = {}
+    for plot, candidates in plots:
+        src = next((work_dir / c for c in candidates if (work_dir / c).is_file()), None)
+        if src is not None:
+            copied[plot] = (src, Path(shutil.copyfile(src, images / f"{name}_{plot}.png")))
+    return copied
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def image_records(copied: dict[str, tuple[Path, Path]], work_dir: Path) -> dict[str, dict]:
+    """What a summary records of its copied plots: the committed file, the run file it came from and
+    its SHA-256, so a test can tell that the README's figures are this run's."""
+    return {plot: {"file": dst.relative_to(REPO).as_posix(), "from": src.relative_to(work_dir).as_posix(),
+                   "sha256": sha256(dst)} for plot, (src, dst) in copied.items()}
 
 
 def collect(copy_plots: bool) -> list[str]:
@@ -140,14 +171,10 @@ def collect(copy_plots: bool) -> list[str]:
                 missing.append(run_dir)
                 continue
             run["collected"] = f"{datetime.date.today().isoformat()} from {run_dir} by tools/collect_results.py"
-            write_record(RESULTS / f"{name}.json", run)
             if copy_plots:
-                images = REPO / "docs" / "images"
-                images.mkdir(parents=True, exist_ok=True)
-                for plot, candidates in plots:
-                    src = next((REPO / run_dir / c for c in candidates if (REPO / run_dir / c).is_file()), None)
-                    if src is not None:
-                        shutil.copyfile(src, images / f"{name}_{plot}.png")
+                copied = copy_run_plots(REPO / run_dir, name, plots, REPO / "docs" / "images")
+                run["images"] = image_records(copied, REPO / run_dir)
+            write_record(RESULTS / f"{name}.json", run)
     return missing
 
 

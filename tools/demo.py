@@ -4,7 +4,7 @@
 Runs the same commands a user would type, printing each one:
   1. generate the synthetic shapes data set (VOC + COCO layout) into data/shapes
   2. train YOLOv1 on it                          (detkit train configs/yolov1_shapes.py)
-  3. evaluate the best checkpoint, VOC and COCO  (detkit eval ... --metric all)
+  3. evaluate the best checkpoint, VOC and COCO, with its diagnostics (detkit eval ... --metric all --plots)
   4. run inference on held-out images and on a video made from them (detkit infer ...)
 and says where the run directory, plots and annotated outputs are.
 
@@ -87,8 +87,9 @@ def main() -> int:
     work = REPO / args.work_dir
     best = sorted(work.glob("best_*.pth")) or [work / "last.pth"]
     metrics_file = work / "eval_metrics.json"
+    eval_plots = work / "eval_val"  # tools/collect_results.py copies the README's figures from here
     run(detkit + ["eval", CONFIG, shown(best[0]), "--metric", "all", "--metrics-out",
-                  shown(metrics_file), "--set", *sets])
+                  shown(metrics_file), "--plots", shown(eval_plots), "--set", *sets])
 
     val_ids = (data / "ImageSets" / "Main" / "val.txt").read_text().split()
     images = [next((data / "JPEGImages").glob(f"{i}.*")) for i in val_ids[:24]]
@@ -113,7 +114,9 @@ def main() -> int:
         if key in metrics:
             print(f"  {key:12s} {metrics[key]:.4f}")
     print(f"  run directory : {args.work_dir}/ (config.json, train.log, metrics.jsonl, checkpoints)")
-    print(f"  plots         : {args.work_dir}/plots/")
+    print(f"  plots         : {args.work_dir}/plots/ (training curves, data statistics, final model)")
+    print(f"  diagnostics   : {shown(eval_plots)}/ (PR / F1 curves, confusion matrix, per_class.csv, "
+          "report.txt, mosaics, box statistics of the best checkpoint)")
     print(f"  metrics       : {shown(metrics_file)}")
     print("  annotated     : runs/demo_infer/images*/ and runs/demo_infer/video*/")
     return 0

@@ -13,16 +13,18 @@ prio   hook                  does
 40     EvalHook              after_epoch (every ``eval_interval``): evaluates on the val set
 50     BestMetricHook        after_epoch: tracks the best value of ``eval.save_best``
 60     CheckpointHook        after_epoch: last.pth, epoch_N.pth (keep last k), best_<metric>.pth
-80     LoggerHook            progress bar or log lines, metrics.jsonl, TensorBoard (if installed)
+70     EvalPlotsHook         before_train: data_train.png; after_train: PR / F1, confusion matrix, mosaics
+80     LoggerHook            progress bar or log lines, metrics.jsonl, the trackers of train.loggers
 90     PlotHook              after_epoch: plots/loss.png, map.png (accuracy.png), lr.png,
                              confusion.png (a classifier's latest evaluation)
 =====  ====================  ===========================================================
 
 The order matters where hooks read each other's results: the timer measures before the logger
 reports; evaluation, then best tracking, then the checkpoint (which must contain the updated best
-metric), then the epoch log record, then the plots drawn from that record. A custom hook that
-wants the evaluation results in ``after_epoch`` uses a priority above 40; one that changes the
-learning rate after the scheduler uses one above 10.
+metric), then the epoch log record, then the plots drawn from that record. At the end the
+evaluation plots are drawn before the logger closes the trackers, which upload ``plots/``. A custom
+hook that wants the evaluation results in ``after_epoch`` uses a priority above 40; one that
+changes the learning rate after the scheduler uses one above 10.
 
 The NaN guard is part of ``Trainer.run_step`` (it must act between forward and backward); the
 ``nan_policy`` is a trainer argument.
@@ -39,6 +41,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +64,7 @@ __all__ = [
     "CheckpointHook",
     "LoggerHook",
     "PlotHook",
+    "EvalPlotsHook",
 ]
 
 logger = logging.getLogger(__name__)
@@ -269,27 +273,28 @@ class LoggerHook(Hook):
     ``voc07_ap50 voc_ap50 coco_ap coco_ap50 coco_ap75`` (a classifier's: ``top1 top5``) and
     ``per_class``; ``skipped_samples`` when the loader counts unreadable samples it skipped). On resume, records after
     the checkpoint's iteration are dropped so the file reads like one uninterrupted run.
-    TensorBoard events go to ``tensorboard_dir`` if ``tensorboard`` is installed (silently skipped
-    otherwise). Register on rank 0 only.
+    ``trackers`` (:func:`detkit.engine.loggers.build_trackers`: TensorBoard, MLflow, W&B) get every
+    record too, and upload the run's plots when training ends. Register on rank 0 only.
     """
 
     priority = 80
 
     def __init__(self, log_interval: int = 10, metrics_file: str | os.PathLike | None = None,
-                 progress_bar: bool | None = None, tensorboard_dir: str | os.PathLike | None = None):
+                 progress_bar: bool | None = None, trackers: Sequence = ()):
+        from detkit.engine.loggers import TrackerSet
+
         self.log_interval = max(1, int(log_interval))
         self.metrics_file = Path(metrics_file) if metrics_file else None
         self.progress_bar = stderr_is_terminal() if progress_bar is None else bool(progress_bar)
-        self.tensorboard_dir = tensorboard_dir
+        self.trackers = TrackerSet(trackers)
         self._bar = None
         self._jsonl = None
-        self._tb = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def before_train(self, trainer) -> None:
         if self.metrics_file is not None:
             self._jsonl = _open_metrics(self.metrics_file, keep_until_iter=trainer.iter)
-        self._tb = _tensorboard_writer(self.tensorboard_dir) if self.tensorboard_dir else None
+        self.trackers.start()
         logger.info("training epochs %d..%d, %d iterations per epoch, %d in total",
                     trainer.start_epoch + 1, trainer.max_epochs, trainer.iters_per_epoch, trainer.max_iters)
 
@@ -321,10 +326,6 @@ class LoggerHook(Hook):
             record["memory_mb"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
         trainer.scalars.clear_window()
         self._write(record)
-        if self._tb is not None:
-            for key, value in record.items():
-                if key not in ("type", "epoch", "iter") and _is_number(value):
-                    self._tb.add_scalar(f"train/{key}", value, record["iter"])
         # On a terminal the bar shows this; the log file always gets the line.
         logger.info(self._line(trainer, record), extra={"console": not self.progress_bar})
 
@@ -351,10 +352,6 @@ class LoggerHook(Hook):
         if trainer.best_metric is not None:
             record["best_" + str(trainer.best_metric_name)] = trainer.best_metric
         self._write(record)
-        if self._tb is not None:
-            for key, value in record.items():
-                if key not in ("type", "epoch", "iter") and _is_number(value):
-                    self._tb.add_scalar(f"epoch/{key}", value, record["epoch"])
         losses = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("loss"))
         evals = "  ".join(f"{k} {metrics[k]:.4f}" for k in EPOCH_KEYS if _is_number(metrics.get(k)))
         best = (f"  (best {trainer.best_metric_name} {trainer.best_metric:.4f} at epoch {trainer.best_epoch})"
@@ -369,13 +366,13 @@ class LoggerHook(Hook):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        for handle in (self._jsonl, self._tb):
-            if handle is not None:
-                try:
-                    handle.close()
-                except OSError:  # a full disk: already reported by the write that failed
-                    pass
-        self._jsonl = self._tb = None
+        if self._jsonl is not None:
+            try:
+                self._jsonl.close()
+            except OSError:  # a full disk: already reported by the write that failed
+                pass
+        self._jsonl = None
+        self.trackers.finish(success=bool(getattr(trainer, "completed", False)))
 
     # -- formatting ------------------------------------------------------------------------------
     def _write(self, record: dict) -> None:
@@ -385,6 +382,7 @@ class LoggerHook(Hook):
                 self._jsonl.flush()
             except OSError as exc:  # a full disk: one line naming the file, not a traceback
                 raise output_error(self.metrics_file, exc) from exc
+        self.trackers.log_record(record)
 
     @staticmethod
     def _bar_text(trainer) -> str:
@@ -442,15 +440,6 @@ def _open_metrics(path: Path, keep_until_iter: int):
     return open(path, "a", encoding="utf-8")
 
 
-def _tensorboard_writer(log_dir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - tensorboard is optional; without it there are no events
-        logger.debug("tensorboard is not installed: no TensorBoard events")
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
-
-
 class PlotHook(Hook):
     """Redraws plots/loss.png, plots/map.png (a classifier: accuracy.png) and plots/lr.png from
     metrics.jsonl after every epoch, and plots/confusion.png when the epoch's evaluation holds a
@@ -465,7 +454,7 @@ class PlotHook(Hook):
         self._warned = False
 
     def after_epoch(self, trainer) -> None:
-        from detkit.engine.plots import plot_confusion_matrix, plot_metrics
+        from detkit.plots.training import plot_confusion_matrix, plot_metrics
 
         try:
             plot_metrics(self.metrics_file, self.out_dir)
@@ -478,3 +467,56 @@ class PlotHook(Hook):
             if not self._warned:
                 logger.warning("could not draw plots in %s: %s: %s", self.out_dir, type(exc).__name__, exc)
                 self._warned = True
+
+
+class EvalPlotsHook(Hook):
+    """The diagnostics of a run, into ``out_dir`` (``<work_dir>/plots``):
+
+    * before training: the training split's box statistics, ``data_train.png``
+      (:func:`detkit.plots.data.plot_box_statistics`; needs ``load_annotation``);
+    * after the last epoch: the evaluation plots of the final model from the images the last
+      evaluation collected in ``evaluator`` (:func:`detkit.plots.evaluation.write_evaluator_plots`:
+      PR / F1 curves, confusion matrices, per_class.csv, report.txt, validation mosaics of ``val_set``).
+
+    Skipped when training did not complete or nothing was evaluated. A failure is logged and never
+    stops training. Register on rank 0 only (where the evaluator holds every image).
+    """
+
+    priority = 70
+
+    def __init__(self, out_dir: str | os.PathLike, evaluator=None, val_set=None, train_set=None, *,
+                 iou_threshold: float = 0.5, score_threshold: float = 0.25):
+        self.out_dir = Path(out_dir)
+        self.evaluator, self.val_set, self.train_set = evaluator, val_set, train_set
+        self.iou_threshold, self.score_threshold = iou_threshold, score_threshold
+
+    def _guarded(self, what: str, draw: Callable) -> None:
+        try:
+            draw()
+        except Exception as exc:  # noqa: BLE001 - plots are a convenience, training goes on
+            logger.warning("could not draw the %s in %s: %s: %s", what, self.out_dir, type(exc).__name__, exc)
+
+    def before_train(self, trainer) -> None:
+        if self.train_set is None:
+            return
+
+        def draw():
+            from detkit.plots.data import plot_dataset_statistics
+
+            plot_dataset_statistics(self.train_set, self.out_dir, "train")
+
+        self._guarded("training data statistics", draw)
+
+    def after_train(self, trainer) -> None:
+        if not getattr(trainer, "completed", False) or self.evaluator is None or not self.evaluator.num_images:
+            return
+
+        def draw():
+            from detkit.plots.evaluation import write_evaluator_plots
+
+            written = write_evaluator_plots(self.evaluator, self.out_dir, dataset=self.val_set,
+                                            metrics=trainer.eval_metrics, iou_threshold=self.iou_threshold,
+                                            score_threshold=self.score_threshold)
+            logger.info("evaluation of the final model: %s\n%s", self.out_dir, written["report_text"].rstrip())
+
+        self._guarded("evaluation plots", draw)

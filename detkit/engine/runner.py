@@ -15,8 +15,11 @@ default ``work_dirs/<config name>/``) receives::
     epoch_N.pth          the last ``keep_last`` epoch checkpoints
     best_<metric>.pth    the best checkpoint by ``eval.save_best``
     plots/               loss.png, map.png (accuracy.png and confusion.png for a classifier), lr.png,
-                         redrawn every epoch
-    tensorboard/         events, if tensorboard is installed
+                         redrawn every epoch; a detector's run also data_train.png (box statistics)
+                         and, after the last epoch, the evaluation plots of the final model (PR / F1
+                         curves, confusion matrices, per_class.csv, report.txt, mosaics)
+    tensorboard/         events, with train.loggers=["tensorboard"] (the default)
+    mlruns/              the MLflow store, with "mlflow" in train.loggers (see engine/loggers.py)
 
 The ``train`` / ``eval`` config sections (keys, defaults, checks) are defined in
 :mod:`detkit.schema` and documented in docs/training.md; :func:`train` resolves them once, before
@@ -55,6 +58,7 @@ from detkit.engine.hooks import (
     BestMetricHook,
     CheckpointHook,
     EvalHook,
+    EvalPlotsHook,
     IterTimerHook,
     LoggerHook,
     LRSchedulerHook,
@@ -188,6 +192,7 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
         dump_config(cfg, work_dir / "config.json")
 
     hooks = [LRSchedulerHook(), IterTimerHook()]
+    evaluator = None
     if val_set is not None:
         from detkit.evaluation.loop import build_eval_loader, run_evaluation
         from detkit.evaluation.table import format_table
@@ -207,12 +212,17 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
         if ecfg["save_best"]:
             hooks.append(BestMetricHook(ecfg["save_best"]))
     if info.is_main:
+        from detkit.engine.loggers import build_trackers
+
         hooks += [
             CheckpointHook(work_dir, tcfg["checkpoint_interval"], tcfg["keep_last"]),
             LoggerHook(tcfg["log_interval"], work_dir / "metrics.jsonl",
-                       tensorboard_dir=work_dir / "tensorboard"),
+                       trackers=build_trackers(tcfg["loggers"], work_dir, cfg)),
             PlotHook(work_dir / "metrics.jsonl", work_dir / "plots"),
         ]
+        if ecfg["plots"] and task is DETECTION:  # detection diagnostics (a classifier draws confusion.png)
+            hooks.append(EvalPlotsHook(work_dir / "plots", evaluator, val_set, train_set,
+                                       iou_threshold=ecfg["plot_iou_thr"], score_threshold=ecfg["plot_score_thr"]))
     hooks += list(extra_hooks)
 
     trainer = Trainer(

@@ -3,7 +3,8 @@ evaluation loop over a data set, and ``detkit eval``.
 
 Modules: ``names`` (the metric names), ``base`` (what evaluators share), ``voc`` / ``coco`` (the
 metrics), ``builder`` (``build_evaluators``), ``table`` (``format_table``), ``loop``
-(``run_evaluation``: a model over a loader), ``run`` (``evaluate``: ``detkit eval``).
+(``run_evaluation``: a model over a loader), ``run`` (``evaluate``: ``detkit eval``), ``analysis``
+(PR / F1 curves, confusion matrix, per-class table and report; drawn by :mod:`detkit.plots.evaluation`).
 
     from detkit.evaluation import build_evaluators, format_table
     ev = build_evaluators("all", class_names)       # or VOCEvaluator(...), COCOEvaluator(...)

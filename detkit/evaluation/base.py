@@ -400,6 +400,10 @@ class EvaluatorGroup:
                 metrics.setdefault(key, value)
         return metrics
 
+    def sorted_records(self, log: bool = True) -> list[ImageRecord]:
+        """The collected images (every member holds the same ones), as :meth:`Evaluator.sorted_records`."""
+        return self.evaluators[0].sorted_records(log)
+
     def state(self) -> list:
         return [ev.state() for ev in self.evaluators]
 

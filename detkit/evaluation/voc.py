@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,7 +58,7 @@ from detkit.errors import ConfigError
 from detkit.evaluation.base import Evaluator, ImageRecord
 from detkit.evaluation.names import METRIC_KEYS, VOC_METRICS
 
-__all__ = ["VOCEvaluator", "evaluate_voc", "voc_ap_07", "voc_ap_area", "match_detections"]
+__all__ = ["VOCEvaluator", "VOCMatch", "evaluate_voc", "match_voc", "voc_ap_07", "voc_ap_area", "match_detections"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,12 +208,59 @@ class VOCEvaluator(Evaluator):
         return out
 
 
-def evaluate_voc(records: Sequence[ImageRecord], num_classes: int, metrics: Sequence[str] = VOC_METRICS,
-                 iou_threshold: float = 0.5, pixel_offset: float = 0.0) -> tuple[dict, dict]:
-    """Per-class APs over ``records`` taken in the given order (the order decides score ties).
+@dataclass
+class VOCMatch:
+    """The devkit matching of every detection, ranked per class (class, then score descending).
 
-    Returns ``({metric: [AP per class]}, {'num_gt': [...], 'num_det': [...], 'recall': [...]})``.
+    What the AP is computed from, kept whole so that PR / F1 curves and the confusion matrix
+    (:mod:`detkit.evaluation.analysis`) count exactly what the metric counts. Detection arrays are in
+    rank order; ``bounds[c]:bounds[c + 1]`` is class ``c``'s slice.
+
+    * ``tp`` / ``fp``: true / false positive; a detection that is neither matched an ignored
+      (difficult or crowd) ground truth;
+    * ``iou``: IoU with the best ground truth of its image and class (``-inf`` when there is none);
+      ``gt_index``: that ground truth (index into the ``gt_*`` arrays, ``-1`` when none);
+    * ``gt_*``: the ground truth of all images, grouped by (image, class); ``num_gt``: non-ignored
+      ground truths per class (the recall denominator).
     """
+
+    num_classes: int
+    labels: np.ndarray
+    scores: np.ndarray
+    image: np.ndarray  # index of the detection's record
+    boxes: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    iou: np.ndarray
+    gt_index: np.ndarray
+    bounds: np.ndarray
+    gt_image: np.ndarray
+    gt_labels: np.ndarray
+    gt_boxes: np.ndarray
+    gt_ignore: np.ndarray
+    num_gt: np.ndarray
+
+    @property
+    def ignored(self) -> np.ndarray:
+        return ~(self.tp | self.fp)
+
+    def pr(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Recall and precision of class ``c`` after each of its ranked detections (the devkit's
+        ``rec`` / ``prec``); empty when the class has no detections or no ground truth."""
+        lo, hi = self.bounds[c], self.bounds[c + 1]
+        if self.num_gt[c] == 0 or hi == lo:
+            return np.zeros(0), np.zeros(0)
+        ctp = np.cumsum(self.tp[lo:hi], dtype=np.float64)
+        cfp = np.cumsum(self.fp[lo:hi], dtype=np.float64)
+        rec = ctp / float(self.num_gt[c])
+        prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+        return rec, prec
+
+
+def match_voc(records: Sequence[ImageRecord], num_classes: int, iou_threshold: float = 0.5,
+              pixel_offset: float = 0.0) -> VOCMatch:
+    """Match the detections of ``records`` (taken in the given order, which decides score ties) to
+    their ground truth with the devkit's rules; see :class:`VOCMatch`."""
     C = num_classes
     n_gt = np.fromiter((len(r.gt_labels) for r in records), dtype=np.int64, count=len(records))
     n_det = np.fromiter((len(r.det_labels) for r in records), dtype=np.int64, count=len(records))
@@ -233,8 +281,8 @@ def evaluate_voc(records: Sequence[ImageRecord], num_classes: int, metrics: Sequ
     # decides np.argmax-style ties between equally overlapping ground truths
     gt_group = gt_img * C + gt_labels
     gt_order = np.argsort(gt_group, kind="stable")
-    gt_group, gt_boxes, gt_ignore, gt_labels = (gt_group[gt_order], gt_boxes[gt_order], gt_ignore[gt_order],
-                                                gt_labels[gt_order])
+    gt_group, gt_boxes, gt_ignore, gt_labels, gt_img = (gt_group[gt_order], gt_boxes[gt_order],
+                                                        gt_ignore[gt_order], gt_labels[gt_order], gt_img[gt_order])
     ovmax, jmax = match_detections(det_img * C + det_labels, det_boxes, gt_group, gt_boxes, pixel_offset)
 
     # rank: by class, then score descending, then position in the image-by-image listing (stable)
@@ -250,26 +298,34 @@ def evaluate_voc(records: Sequence[ImageRecord], num_classes: int, metrics: Sequ
     _, first = np.unique(jmax[cand_pos], return_index=True)
     tp[cand_pos[first]] = True
     fp = ~above | (candidate & ~tp)
+    return VOCMatch(
+        num_classes=C, labels=ranked_labels, scores=det_scores[rank], image=det_img[rank], boxes=det_boxes[rank],
+        tp=tp, fp=fp, iou=ovmax, gt_index=jmax,
+        bounds=np.searchsorted(ranked_labels, np.arange(C + 1), side="left"),
+        gt_image=gt_img, gt_labels=gt_labels, gt_boxes=gt_boxes, gt_ignore=gt_ignore,
+        num_gt=np.bincount(gt_labels[~gt_ignore], minlength=C),
+    )
 
-    num_gt = np.bincount(gt_labels[~gt_ignore], minlength=C)
-    bounds = np.searchsorted(ranked_labels, np.arange(C + 1), side="left")
+
+def evaluate_voc(records: Sequence[ImageRecord], num_classes: int, metrics: Sequence[str] = VOC_METRICS,
+                 iou_threshold: float = 0.5, pixel_offset: float = 0.0) -> tuple[dict, dict]:
+    """Per-class APs over ``records`` taken in the given order (the order decides score ties).
+
+    Returns ``({metric: [AP per class]}, {'num_gt': [...], 'num_det': [...], 'recall': [...]})``.
+    """
+    match = match_voc(records, num_classes, iou_threshold, pixel_offset)
     aps: dict[str, list[float]] = {m: [] for m in metrics}
-    num_det = np.zeros(C, np.int64)
-    recall = np.zeros(C)
-    for c in range(C):
-        lo, hi = bounds[c], bounds[c + 1]
-        num_det[c] = hi - lo
-        if num_gt[c] == 0 or hi == lo:
+    num_det = np.diff(match.bounds)
+    recall = np.zeros(num_classes)
+    for c in range(num_classes):
+        rec, prec = match.pr(c)
+        if rec.size == 0:
             # no ground truth: precision is 0 wherever defined (detkit/detectron2 give AP 0);
             # no detections: nothing recalled
             for m in metrics:
                 aps[m].append(0.0)
             continue
-        ctp = np.cumsum(tp[lo:hi], dtype=np.float64)
-        cfp = np.cumsum(fp[lo:hi], dtype=np.float64)
-        rec = ctp / float(num_gt[c])
-        prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
         recall[c] = rec[-1]
         for m in metrics:
             aps[m].append(voc_ap_07(rec, prec) if m == "voc07" else voc_ap_area(rec, prec))
-    return aps, {"num_gt": num_gt, "num_det": num_det, "recall": recall}
+    return aps, {"num_gt": match.num_gt, "num_det": num_det, "recall": recall}

@@ -1,13 +1,12 @@
 """Training curves drawn from ``metrics.jsonl`` (``loss.png``, ``map.png`` or, for a classifier,
 ``accuracy.png``, ``lr.png``) and a classifier's confusion matrix (``confusion.png``).
 
-Uses matplotlib's object API with the Agg canvas directly (no ``pyplot``: no global figure state,
-no GUI backend, safe in worker threads and on headless machines). Each PNG is written to a
-temporary file and renamed, so an image viewer never sees half a file.
+The loss axis is logarithmic when every loss is positive: the first epochs' losses are often ten
+times the later ones and would flatten them on a linear axis.
 
 Usable on its own after (or during) a run::
 
-    python -c "from detkit.engine.plots import plot_metrics; plot_metrics('work_dirs/x/metrics.jsonl', 'plots')"
+    python -c "from detkit.plots.training import plot_metrics; plot_metrics('work_dirs/x/metrics.jsonl', 'plots')"
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import os
 from pathlib import Path
 
 from detkit.evaluation.names import CLASSIFICATION_HEADLINE_KEYS, HEADLINE_KEYS
-from detkit.fileio import temp_path
+from detkit.plots.figure import new_figure, save_figure
 
 __all__ = ["read_metrics", "plot_metrics", "plot_confusion_matrix"]
 
@@ -58,23 +57,9 @@ def _iters_per_epoch(train_records: list[dict], epoch_records: list[dict]) -> fl
     return 1.0
 
 
-def _save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` through a temporary file (a viewer never sees half a PNG)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path, extension=".png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
-    return path
-
-
 def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     """Draw the plots into ``out_dir``; returns the files written (a plot without data is
     skipped, e.g. map.png before the first evaluation, or in a classifier's run)."""
-    from matplotlib.figure import Figure
-
     records = read_metrics(metrics_file)
     train = [r for r in records if r.get("type") == "train" and _number(r.get("iter"))]
     epochs = [r for r in records if r.get("type") == "epoch" and _number(r.get("epoch"))]
@@ -83,15 +68,17 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def save(fig: Figure, name: str) -> None:
-        written.append(_save_figure(fig, out_dir / name))
+    def save(fig, name: str) -> None:
+        written.append(save_figure(fig, out_dir / name))
 
     # Loss terms: per logging window (thin) and per-epoch means (markers), x in epochs.
     loss_keys = sorted({k for r in train + epochs for k in r if k.startswith("loss") and _number(r[k])},
                        key=lambda k: (k != "loss", k))
     if loss_keys:
-        fig = Figure(figsize=(8, 5))
+        fig = new_figure((8, 5))
         ax = fig.add_subplot()
+        values = [r[k] for r in train + epochs for k in loss_keys if _number(r.get(k))]
+        log_scale = bool(values) and min(values) > 0
         for i, key in enumerate(loss_keys):
             colour = f"C{i % 10}"
             pts = [(r["iter"] / ipe, r[key]) for r in train if _number(r.get(key))]
@@ -103,9 +90,17 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
             elif train:
                 ax.plot([], [], color=colour, label=key)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
+        if log_scale:
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.6, not 6 x 10^-1
+            ax.yaxis.set_major_formatter(plain)
+            if max(values) < 10 * min(values):  # within a decade the minor ticks need labels too
+                ax.yaxis.set_minor_formatter(plain)
+        ax.set_ylabel("loss (log scale)" if log_scale else "loss")
         ax.set_title("training loss (thin: logging windows, dots: epoch means)")
-        ax.grid(True, alpha=0.3)
+        ax.grid(True, which="both" if log_scale else "major", alpha=0.3)
         ax.legend()
         save(fig, "loss.png")
 
@@ -113,7 +108,7 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
         evaluated = [r for r in epochs if any(_number(r.get(k)) for k in keys)]
         if not evaluated:
             continue
-        fig = Figure(figsize=(8, 5))
+        fig = new_figure((8, 5))
         ax = fig.add_subplot()
         for key in keys:
             pts = [(r["epoch"], r[key]) for r in evaluated if _number(r.get(key))]
@@ -129,7 +124,7 @@ def plot_metrics(metrics_file: str | os.PathLike, out_dir: str | os.PathLike) ->
     # A record's lr is the one used by its last iteration, index iter - 1.
     lr_pts = [((r["iter"] - 1) / ipe, r["lr"]) for r in train if _number(r.get("lr"))]
     if lr_pts:
-        fig = Figure(figsize=(8, 4))
+        fig = new_figure((8, 4))
         ax = fig.add_subplot()
         ax.plot(*zip(*lr_pts), marker="." if len(lr_pts) < 50 else None)
         ax.set_xlabel("epoch")
@@ -149,7 +144,6 @@ def plot_confusion_matrix(matrix, class_names, path: str | os.PathLike, *, title
     class, so classes of different sizes compare) and, up to 20 classes, labelled with their counts.
     """
     import numpy as np
-    from matplotlib.figure import Figure
 
     counts = np.asarray(matrix, dtype=np.int64)
     c = counts.shape[0]
@@ -157,7 +151,7 @@ def plot_confusion_matrix(matrix, class_names, path: str | os.PathLike, *, title
     rows = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     side = min(4 + 0.45 * c, 24)
-    fig = Figure(figsize=(side + 1.5, side))
+    fig = new_figure((side + 1.5, side))
     ax = fig.add_subplot()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
@@ -177,4 +171,4 @@ def plot_confusion_matrix(matrix, class_names, path: str | os.PathLike, *, title
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                             color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, path)
