@@ -172,19 +172,50 @@ def train(config_file, work_dir, overrides, resume, seed, deterministic, device,
               help="Write the metrics as JSON here.")
 @click.option("--out", "results_out", type=click.Path(dir_okay=False), default=None,
               help="Write the detections in COCO results JSON format here.")
+@click.option("--diagnostics-out", type=click.Path(dir_okay=False), default=None,
+              help="Write the box-fit diagnostics (IoU of matched boxes, size ratios, centre offsets, AP by "
+                   "object size and by objects per image) as JSON here; they are printed either way.")
 @click.option("--device", default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
 @set_option
 @_friendly_errors
-def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, device, batch_size,
-             unsafe_load, overrides):
+def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, diagnostics_out, device,
+             batch_size, unsafe_load, overrides):
     """Evaluate CHECKPOINT on a split of the config's data and print VOC / COCO metrics."""
     from detkit.evaluation.run import evaluate
 
     cfg = _load(config_file, overrides)
     evaluate(cfg, checkpoint, metric=metric, split=split, metrics_out=metrics_out,
-             results_out=results_out, device=device, batch_size=batch_size, unsafe_load=unsafe_load)
+             results_out=results_out, diagnostics_out=diagnostics_out, device=device,
+             batch_size=batch_size, unsafe_load=unsafe_load)
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--folds", type=int, default=5, show_default=True, help="Number of folds K.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the fold assignment (training uses train.seed; --set train.seed=N changes it).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default work_dirs/<config name>_kfold<K>).")
+@click.option("--fold", "only", type=int, multiple=True,
+              help="Run only this fold (repeatable); the summary covers every fold done so far.")
+@click.option("--device", default=None)
+@set_option
+@_friendly_errors
+def kfold(config_file, folds, seed, out_dir, only, device, overrides):
+    """Train and evaluate CONFIG_FILE on K folds of its pooled train + val images; print mean ± std.
+
+    Resumable: finished folds are kept, an interrupted fold resumes from its last checkpoint."""
+    from detkit.engine.kfold import kfold as run_kfold
+
+    cfg = _load(config_file, overrides)
+    import shlex
+
+    command = shlex.join(["detkit", "kfold", config_file, "--folds", str(folds), "--seed", str(seed)]
+                         + (["--set", *overrides] if overrides else []))
+    run_kfold(cfg, folds=folds, seed=seed, out=out_dir, config_path=config_file, device=device,
+              folds_to_run=only, command=command)
 
 
 @main.command()

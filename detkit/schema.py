@@ -85,6 +85,22 @@ def _path_or_none(value, path):
         raise ConfigError(f"{path}: expected a checkpoint path or None, got {value!r}")
 
 
+def _ema(value, path):
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected None or dict(decay=..., tau=...), got {value!r}")
+    check_keys(value, ("decay", "tau"), path)
+
+
+def _multi_scale(value, path):
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected None or dict(scale=(low, high), divisor=32, interval=1), got {value!r}")
+    check_keys(value, ("scale", "divisor", "interval"), path)
+
+
 def _metric(value, path):
     expand_metrics(value)  # its errors name eval.metric
 
@@ -115,6 +131,8 @@ TRAIN_KEYS = {
     "load_from": Key(None, _path_or_none),
     "bad_sample": Key("raise", _choice("raise", "skip")),
     "find_unused_parameters": Key(False, _boolean),
+    "ema": Key(None, _ema),  # dict(decay=, tau=): average of the weights (engine/ema.py); None: off
+    "multi_scale": Key(None, _multi_scale),  # dict(scale=, divisor=, interval=): data/multiscale.py; None: off
 }
 EVAL_KEYS = {
     "metric": Key(["voc07", "voc", "coco"], _metric),

@@ -168,6 +168,10 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     train_loader = build_dataloader(
         train_set, batch_size=tcfg["batch_size"], shuffle=True, num_workers=tcfg["num_workers"],
         distributed=info.distributed, seed=seed, persistent_workers=False, bad_sample=tcfg["bad_sample"])
+    if tcfg["multi_scale"] is not None:
+        from detkit.data.multiscale import MultiScaleLoader
+
+        train_loader = MultiScaleLoader(train_loader, **tcfg["multi_scale"], seed=seed)
     scheduler = build_scheduler(optimizer, tcfg["scheduler"], epochs=tcfg["epochs"],
                                 iters_per_epoch=len(train_loader))
     logger.info("data: %d training images%s, batch %d x %d process(es)", len(train_set),
@@ -179,6 +183,10 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
         dump_config(cfg, work_dir / "config.json")
 
     hooks = [LRSchedulerHook(), IterTimerHook()]
+    if tcfg["ema"] is not None:
+        from detkit.engine.ema import EMAHook
+
+        hooks.append(EMAHook(**tcfg["ema"]))
     if val_set is not None:
         from detkit.evaluation.builder import build_evaluators
         from detkit.evaluation.loop import build_eval_loader, coco_options, run_evaluation
@@ -188,7 +196,8 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
         evaluator = build_evaluators(ecfg["metric"], class_names, coco_options=coco_options(val_set))
 
         def evaluate_fn(trainer):
-            metrics = run_evaluation(trainer.model, val_loader, evaluator, device, amp=trainer.amp,
+            model = trainer.model if trainer.eval_model is None else trainer.eval_model
+            metrics = run_evaluation(model, val_loader, evaluator, device, amp=trainer.amp,
                                      channels_last=tcfg["channels_last"],
                                      desc=f"eval epoch {trainer.epochs_done}")
             if metrics is not None:
@@ -215,6 +224,11 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     )
     if ckpt is not None:
         trainer.load_state_dict(ckpt, source=str(resume_path))
+        if ckpt.get("ema") and tcfg["ema"] is None:
+            # its `model` entry is the average; training goes on from the weights it had trained
+            load_model_weights(model, {"model": ckpt["ema"]["train_model"]}, source=str(resume_path))
+            logger.warning("%s was trained with train.ema; this run has none, so it continues from the "
+                           "trained (not averaged) weights", resume_path)
         logger.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", resume_path,
                     trainer.start_epoch, trainer.start_epoch + 1)
     trainer.train()

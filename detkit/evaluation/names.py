@@ -11,7 +11,7 @@ from __future__ import annotations
 from detkit.errors import ConfigError
 
 __all__ = ["METRIC_KEYS", "METRICS", "ALL", "VOC_METRICS", "COCO_STAT_KEYS", "SUMMARY_KEYS",
-           "HEADLINE_KEYS", "expand_metrics", "metric_keys"]
+           "HEADLINE_KEYS", "FOLD_KEYS", "expand_metrics", "metric_keys"]
 
 # the metrics one VOCEvaluator computes from one matching pass (11-point VOC2007, area VOC2010+)
 VOC_METRICS = ("voc07", "voc")
@@ -33,6 +33,8 @@ ALL = "all"  # every metric of METRICS
 SUMMARY_KEYS = tuple(key for name in METRICS for key in METRIC_KEYS[name])
 # the few numbers a run reports everywhere: epoch log line, metrics.jsonl, map.png, README table
 HEADLINE_KEYS = ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75")
+# what `detkit kfold` reports as mean ± std over folds (the headlines and COCO's recall at 100)
+FOLD_KEYS = HEADLINE_KEYS + ("coco_ar100",)
 
 
 def expand_metrics(metric) -> list[str]:

@@ -18,6 +18,7 @@ from detkit.engine.run_logging import run_logging
 from detkit.errors import ConfigError
 from detkit.evaluation.builder import build_evaluators
 from detkit.evaluation.coco import to_coco_results
+from detkit.evaluation.diagnostics import box_fit_diagnostics, format_diagnostics
 from detkit.evaluation.loop import build_eval_loader, coco_options, run_evaluation
 from detkit.evaluation.names import metric_keys
 from detkit.evaluation.table import format_table
@@ -30,10 +31,11 @@ logger = logging.getLogger("detkit")
 
 
 def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metrics_out=None,
-             results_out=None, device=None, batch_size: int | None = None, unsafe_load: bool = False,
-             launcher: str = "none") -> dict | None:
-    """Evaluate ``checkpoint`` on ``data.<split>``; prints the table, writes ``metrics_out``
-    (metrics JSON) and ``results_out`` (COCO results JSON). Returns the metrics (``None`` on
+             results_out=None, diagnostics_out=None, device=None, batch_size: int | None = None,
+             unsafe_load: bool = False, launcher: str = "none") -> dict | None:
+    """Evaluate ``checkpoint`` on ``data.<split>``; prints the table and the box-fit diagnostics
+    (:mod:`detkit.evaluation.diagnostics`), writes ``metrics_out`` (metrics JSON), ``results_out``
+    (COCO results JSON) and ``diagnostics_out`` (diagnostics JSON). Returns the metrics (``None`` on
     ranks other than 0 under torchrun)."""
     from detkit.data.builder import build_dataset, check_same_classes
     from detkit.models.builder import build_detector
@@ -67,10 +69,15 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
             if metrics is None:
                 return None
             print(format_table(metrics), flush=True)
+            records = _records(evaluator)
+            diagnostics = box_fit_diagnostics(records, class_names, _image_sizes(dataset))
+            print(format_diagnostics(diagnostics), flush=True)
+            if diagnostics_out:
+                logger.info("box-fit diagnostics written to %s", write_json(diagnostics_out, diagnostics))
             if metrics_out:
                 logger.info("metrics written to %s", write_json(metrics_out, metrics))
             if results_out:
-                results = _collected_results(evaluator, options.get("cat_ids"))
+                results = _collected_results(records, options.get("cat_ids"))
                 logger.info("%d detections written to %s (COCO results format)", len(results),
                             write_json(results_out, results))
             return metrics
@@ -78,10 +85,33 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
         dist_utils.destroy_distributed(info)
 
 
-def _collected_results(evaluator, cat_ids) -> list[dict]:
-    """The detections the evaluator collected (every member of a group holds the same images), as
-    COCO results with the targets' image ids."""
-    records = evaluator.evaluators[0].sorted_records() if hasattr(evaluator, "evaluators") \
-        else evaluator.sorted_records()
+def _records(evaluator) -> list:
+    """The images the evaluator collected (every member of a group holds the same ones)."""
+    member = evaluator.evaluators[0] if hasattr(evaluator, "evaluators") else evaluator
+    return member.sorted_records(log=False)
+
+
+def _image_sizes(dataset) -> dict:
+    """``image_id -> (height, width)`` of the data set's images, from their headers (no decoding),
+    else from the annotation; images whose size is unknown are left out."""
+    from detkit.data.io import image_size
+    from detkit.errors import DataError
+
+    sizes = {}
+    for index in range(len(dataset)):
+        try:
+            ann = dataset.load_annotation(index)
+        except (DataError, AttributeError, NotImplementedError):  # unusable sample, or not a detkit dataset
+            continue
+        try:
+            sizes[ann.image_id] = tuple(image_size(dataset.image_path(index)))
+        except DataError:
+            if ann.height and ann.width:
+                sizes[ann.image_id] = (ann.height, ann.width)
+    return sizes
+
+
+def _collected_results(records, cat_ids) -> list[dict]:
+    """The collected detections as COCO results with the targets' image ids."""
     detections = [{"boxes": r.det_boxes, "scores": r.det_scores, "labels": r.det_labels} for r in records]
     return to_coco_results(detections, [r.image_id for r in records], cat_ids)

@@ -1,0 +1,181 @@
+"""K-fold protocol (detkit/data/folds.py, detkit/engine/kfold.py, `detkit kfold`): folds partition the
+pooled images, no image is in the training and validation data of one fold, VOC id lists and COCO
+annotation subsets read back as the right images, the summary is numpy's mean / std of the folds,
+finished folds are not redone, and another plan in the same directory is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from detkit.config import load_config
+from detkit.data.coco import COCODataset
+from detkit.data.folds import assign_folds, build_pool
+from detkit.data.shapes import make_shapes
+from detkit.data.voc import VOCDataset
+from detkit.engine.kfold import FOLD_RESULT_FILE, SUMMARY_FILE, kfold
+from detkit.errors import ConfigError, DataError
+from detkit.evaluation.names import FOLD_KEYS
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "yolov1_shapes.py"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kfold") / "shapes"
+    make_shapes(root, num=12, size=64, val_fraction=0.34, workers=1)
+    return root
+
+
+def tiny_overrides(root):
+    return [f"data.train.root={root}", "data.train.transforms.size=64", "data.val.transforms.size=64",
+            "model.backbone={'type': 'lenet5'}", "train.epochs=1", "train.batch_size=4", "train.num_workers=0",
+            "train.eval_interval=0", "train.log_interval=1", "eval.batch_size=4", "eval.num_workers=0"]
+
+
+def test_assign_folds_partitions_deterministically():
+    parts = assign_folds(23, 5, seed=7)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(23))
+    assert sorted(len(p) for p in parts) == [4, 4, 5, 5, 5]
+    assert all(np.array_equal(a, b) for a, b in zip(parts, assign_folds(23, 5, seed=7)))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, assign_folds(23, 5, seed=8)))
+    with pytest.raises(ConfigError, match="--folds"):
+        assign_folds(10, 1, 0)
+    with pytest.raises(DataError, match="cannot make 5 folds of 3 images"):
+        assign_folds(3, 5, 0)
+
+
+def test_voc_folds_are_id_lists_that_read_back_as_the_right_images(shapes, tmp_path):
+    cfg = load_config(CONFIG, tiny_overrides(shapes))
+    pool = build_pool(cfg)
+    assert len(pool) == 12 and pool.duplicates == 0
+    parts = assign_folds(len(pool), 3, seed=0)
+    val_seen = []
+    for k in range(3):
+        entries = pool.write_fold(parts, k, tmp_path / f"fold_{k}")
+        assert entries["train"]["transforms"] == cfg["data"]["train"]["transforms"]  # the recipe is kept
+        train_ids = _ids(entries["train"])
+        val_ids = _ids(entries["val"])
+        assert not set(train_ids) & set(val_ids)
+        assert sorted(train_ids + val_ids) == sorted(key.split("::")[1] for key in pool.keys)
+        assert val_ids == [pool.keys[i].split("::")[1] for i in parts[k]]
+        val_seen += val_ids
+    assert sorted(val_seen) == sorted(key.split("::")[1] for key in pool.keys)  # folds partition the pool
+
+
+def _ids(entry):
+    from detkit.data.shapes import ShapesDataset
+
+    return ShapesDataset(entry["root"], split=entry["split"]).ids
+
+
+def test_voc_split_may_name_a_file(shapes, tmp_path):
+    ids = ["000003", "000001"]
+    (tmp_path / "mine.txt").write_text("\n".join(ids) + "\n")
+    assert VOCDataset(shapes, split=str(tmp_path / "mine.txt"), classes=["circle"]).ids == ids
+    # relative to the root; an unknown file is a clear error
+    assert VOCDataset(shapes, split="ImageSets/Main/val.txt", classes=["circle"]).ids == \
+        VOCDataset(shapes, split="val", classes=["circle"]).ids
+    with pytest.raises(DataError, match="split file not found: .*nope.txt"):
+        VOCDataset(shapes, split="nope.txt", classes=["circle"])
+
+
+def _coco_file(path, img_dir, ids, offset):
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 200, "height": 40} for i in ids]
+    anns = [{"id": n + 1, "image_id": i, "category_id": 3, "bbox": [offset + n, 2.0, 10.0, 8.0], "area": 80.0,
+             "iscrowd": 0} for n, i in enumerate(ids)]
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 3, "name": "cat"}]}))
+    img_dir.mkdir(parents=True, exist_ok=True)
+
+
+def test_coco_folds_pool_two_files_with_colliding_ids(tmp_path):
+    _coco_file(tmp_path / "train.json", tmp_path / "images" / "train", [1, 2, 3, 4], offset=0)
+    _coco_file(tmp_path / "val.json", tmp_path / "images" / "val", [1, 2], offset=100)
+    cfg = {"data": {"classes": None,
+                    "train": {"type": "coco", "ann_file": str(tmp_path / "train.json"),
+                              "img_dir": str(tmp_path / "images" / "train"), "transforms": {"size": 32}},
+                    "val": {"type": "coco", "ann_file": str(tmp_path / "val.json"),
+                            "img_dir": str(tmp_path / "images" / "val")}}}
+    pool = build_pool(cfg)
+    assert len(pool) == 6
+    parts = assign_folds(6, 2, seed=1)
+    entries = pool.write_fold(parts, 0, tmp_path / "fold")
+    seen = {}
+    for role in ("train", "val"):
+        ds = COCODataset(entries[role]["ann_file"], entries[role]["img_dir"])
+        assert Path(entries[role]["img_dir"]) == (tmp_path / "images").resolve()
+        assert len(set(ds.img_ids)) == len(ds.img_ids)  # renumbered: no two images share an id
+        for index in range(len(ds)):
+            ann = ds.load_annotation(index)
+            # each image keeps its own box: x tells which file (0.. train, 100.. val) and which image
+            seen[str(ds.image_path(index).relative_to(tmp_path / "images"))] = float(ann.boxes[0, 0])
+        assert entries[role].get("transforms") == cfg["data"][role].get("transforms")
+    assert seen == {"train/1.jpg": 0.0, "train/2.jpg": 1.0, "train/3.jpg": 2.0, "train/4.jpg": 3.0,
+                    "val/1.jpg": 100.0, "val/2.jpg": 101.0}
+
+
+def test_kfold_runs_summarises_and_resumes_per_fold(shapes, tmp_path, monkeypatch, capsys):
+    cfg = load_config(CONFIG, tiny_overrides(shapes))
+    out = tmp_path / "kf"
+    summary = kfold(cfg, folds=3, seed=0, out=out, device="cpu", folds_to_run=[0, 2])
+    assert summary["folds_done"] == [0, 2] and not (out / "fold_1").exists()
+
+    summary = kfold(cfg, folds=3, seed=0, out=out, device="cpu")  # adds fold 1 only
+    results = [json.loads((out / f"fold_{k}" / FOLD_RESULT_FILE).read_text()) for k in range(3)]
+    assert summary["folds_done"] == [0, 1, 2]
+    assert json.loads((out / SUMMARY_FILE).read_text())["metrics"] == json.loads(json.dumps(summary["metrics"]))
+    for key in FOLD_KEYS:
+        values = [json.loads((out / f"fold_{k}" / "eval_metrics.json").read_text())[key] for k in range(3)]
+        assert [r["metrics"][key] for r in results] == values
+        assert summary["metrics"][key]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        assert summary["metrics"][key]["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    assert sum(r["num_val"] for r in results) == 12 and all(r["num_train"] + r["num_val"] == 12 for r in results)
+
+    # no image in a fold's training and validation data; the validation sets partition the pool
+    plan = json.loads((out / "kfold.json").read_text())
+    val_ids = []
+    for k in range(3):
+        fold_cfg = json.loads((out / f"fold_{k}" / "config.json").read_text())
+        train_ids, ids = _ids(fold_cfg["data"]["train"]), _ids(fold_cfg["data"]["val"])
+        assert not set(train_ids) & set(ids)
+        assert sorted(ids) == sorted(key.split("::")[1] for key, f in zip(plan["pool"], plan["fold_of"]) if f == k)
+        val_ids += ids
+    assert sorted(val_ids) == sorted(key.split("::")[1] for key in plan["pool"])
+    assert (out / "fold_0" / "diagnostics.json").is_file()
+    assert "mean ± std" in capsys.readouterr().out
+
+    # finished folds are not redone; an evaluated-but-unrecorded fold resumes from last.pth
+    import detkit.engine.runner as runner
+
+    calls = []
+    real_train = runner.train
+    monkeypatch.setattr(runner, "train", lambda *a, **k: calls.append(k) or real_train(*a, **k))
+    (out / "fold_1" / FOLD_RESULT_FILE).unlink()
+    again = kfold(cfg, folds=3, seed=0, out=out, device="cpu")
+    assert [c["resume"] for c in calls] == ["auto"]  # fold 1 only, from its checkpoint
+    assert again["metrics"]["coco_ap"]["values"] == summary["metrics"]["coco_ap"]["values"]
+
+    with pytest.raises(ConfigError, match="another config .*train.epochs was 1, now 2"):
+        kfold({**cfg, "train": {**cfg["train"], "epochs": 2}}, folds=3, seed=0, out=out, device="cpu")
+    with pytest.raises(ConfigError, match="another folds"):
+        kfold(cfg, folds=4, seed=0, out=out, device="cpu")
+    with pytest.raises(ConfigError, match="--fold 3: folds are numbered 0..2"):
+        kfold(cfg, folds=3, seed=0, out=out, device="cpu", folds_to_run=[3])
+
+
+def test_cli_kfold(shapes, tmp_path):
+    from detkit.cli import main
+
+    args = ["kfold", str(CONFIG), "--folds", "2", "--out", str(tmp_path / "kf"), "--device", "cpu", "--fold", "1",
+            "--set", *tiny_overrides(shapes)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "1 of 2 folds done" in result.output and (tmp_path / "kf" / "fold_1" / FOLD_RESULT_FILE).is_file()
+    result = CliRunner().invoke(main, ["kfold", str(CONFIG), "--folds", "2", "--out", str(tmp_path / "kf"),
+                                       "--set", *tiny_overrides(shapes), "data.train.type='coco'"])
+    assert result.exit_code == 2 and "error:" in result.output
