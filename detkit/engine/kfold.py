@@ -206,6 +206,7 @@ def summarize_folds(results: Sequence[Mapping], *, folds: int, seed: int, num_im
     return {
         "config": config,
         "command": command,
+        "git": _git_revision(),
         "folds": folds,
         "seed": seed,
         "num_images": num_images,
@@ -217,6 +218,22 @@ def summarize_folds(results: Sequence[Mapping], *, folds: int, seed: int, num_im
         "resumed_folds": [int(r["fold"]) for r in results if r.get("resumed")],
         "load_average": [r.get("load_average") for r in results],
     }
+
+
+def _git_revision() -> str | None:
+    """The detkit commit the summary was written with (``+dirty`` with uncommitted changes), if known."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _fmt(value: float, digits: int = 3) -> str:
