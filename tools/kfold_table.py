@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_sections import load_records, update_section, write_record  # noqa: E402
+from readme_sections import load_records, read_section, update_section, write_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "docs" / "results" / "kfold"
