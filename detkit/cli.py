@@ -200,10 +200,13 @@ def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, d
               help="Run directory (default work_dirs/<config name>_kfold<K>).")
 @click.option("--fold", "only", type=int, multiple=True,
               help="Run only this fold (repeatable); the summary covers every fold done so far.")
+@click.option("--weights-from", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Evaluate the fold weights of this earlier kfold run (same folds) instead of training: "
+                   "test-time settings such as the NMS threshold.")
 @click.option("--device", default=None)
 @set_option
 @_friendly_errors
-def kfold(config_file, folds, seed, out_dir, only, device, overrides):
+def kfold(config_file, folds, seed, out_dir, only, weights_from, device, overrides):
     """Train and evaluate CONFIG_FILE on K folds of its pooled train + val images; print mean ± std.
 
     Resumable: finished folds are kept, an interrupted fold resumes from its last checkpoint."""
@@ -213,9 +216,10 @@ def kfold(config_file, folds, seed, out_dir, only, device, overrides):
     import shlex
 
     command = shlex.join(["detkit", "kfold", config_file, "--folds", str(folds), "--seed", str(seed)]
+                         + (["--weights-from", weights_from] if weights_from else [])
                          + (["--set", *overrides] if overrides else []))
     run_kfold(cfg, folds=folds, seed=seed, out=out_dir, config_path=config_file, device=device,
-              folds_to_run=only, command=command)
+              folds_to_run=only, command=command, weights_from=weights_from)
 
 
 @main.command()

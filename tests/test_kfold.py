@@ -160,6 +160,16 @@ def test_kfold_runs_summarises_and_resumes_per_fold(shapes, tmp_path, monkeypatc
     assert [c["resume"] for c in calls] == ["auto"]  # fold 1 only, from its checkpoint
     assert again["metrics"]["coco_ap"]["values"] == summary["metrics"]["coco_ap"]["values"]
 
+    # test-time settings on the same weights: no training, the source's weights re-scored
+    calls.clear()
+    strict = {**cfg, "model": {**cfg["model"], "postprocessor": {**cfg["model"]["postprocessor"],
+                                                                   "score_threshold": 0.5}}}
+    rescored = kfold(strict, folds=3, seed=0, out=tmp_path / "rescored", device="cpu", weights_from=out)
+    assert calls == [] and rescored["folds_done"] == [0, 1, 2]
+    assert rescored["metrics"]["coco_ar100"]["mean"] <= summary["metrics"]["coco_ar100"]["mean"]
+    with pytest.raises(ConfigError, match="its folds differ"):
+        kfold(strict, folds=3, seed=1, out=tmp_path / "other", device="cpu", weights_from=out)
+
     with pytest.raises(ConfigError, match="another config .*train.epochs was 1, now 2"):
         kfold({**cfg, "train": {**cfg["train"], "epochs": 2}}, folds=3, seed=0, out=out, device="cpu")
     with pytest.raises(ConfigError, match="another folds"):

@@ -18,7 +18,9 @@ with ``detkit eval``'s code, box-fit diagnostics included. The run directory::
 Resumable per fold: a fold with ``fold_result.json`` is not redone, a fold with a ``last.pth`` resumes
 from it (exactly, see :mod:`detkit.engine.runner`). Running again with another config, seed or fold
 count into the same directory is refused (the plan would not match); ``folds_to_run`` runs a subset
-(a cheap screen on some folds, completed later by running the others).
+(a cheap screen on some folds, completed later by running the others). ``weights_from`` re-scores
+another run's fold weights with this config's test-time settings (NMS threshold, score threshold,
+proposals at test) without training again.
 
 ``std`` is the sample standard deviation over the folds (``numpy.std(values, ddof=1)``): the spread
 one should expect from one fold to the next, not the (smaller) error of the mean.
@@ -57,9 +59,12 @@ DIAGNOSTIC_KEYS = ("iou_median", "iou_q1", "iou_q3", "iou_ge_75", "width_ratio_m
 
 
 def kfold(cfg: Mapping, *, folds: int = 5, seed: int = 0, out=None, config_path=None, device=None,
-          folds_to_run: Sequence[int] | None = None, extra_hooks: Sequence = (), command: str | None = None) -> dict:
+          folds_to_run: Sequence[int] | None = None, extra_hooks: Sequence = (), command: str | None = None,
+          weights_from=None) -> dict:
     """Run the k-fold protocol (see the module docstring); returns the summary dict. ``command``: the
-    command line that reproduces the run, kept in the summary (the CLI passes it)."""
+    command line that reproduces the run, kept in the summary (the CLI passes it). ``weights_from``:
+    another k-fold directory of the same folds whose trained weights are evaluated with this config
+    instead of training (test-time settings: NMS, score threshold, proposals at test)."""
     from detkit.data.folds import assign_folds, build_pool
     from detkit.engine.runner import train
 
@@ -72,7 +77,10 @@ def kfold(cfg: Mapping, *, folds: int = 5, seed: int = 0, out=None, config_path=
     parts = assign_folds(len(pool), folds, seed)
     which = _check_folds_to_run(folds_to_run, folds)
     plan = {"folds": folds, "seed": seed, "pool": pool.keys,
-            "fold_of": _fold_of(parts, len(pool)), "config": cfg}
+            "fold_of": _fold_of(parts, len(pool)), "config": cfg,
+            "weights_from": None if weights_from is None else str(Path(weights_from).resolve())}
+    if weights_from is not None:
+        _check_same_folds(Path(weights_from), plan)
     _check_or_write_plan(out / PLAN_FILE, plan)
     if pool.duplicates:
         logger.warning("k-fold: %d image(s) listed in both data.train and data.val were pooled once",
@@ -94,7 +102,8 @@ def kfold(cfg: Mapping, *, folds: int = 5, seed: int = 0, out=None, config_path=
         entries = pool.write_fold(parts, k, fold_dir / "data")
         fold_cfg = copy.deepcopy(cfg)
         fold_cfg["data"]["train"], fold_cfg["data"]["val"] = entries["train"], entries["val"]
-        result = _run_fold(fold_cfg, fold_dir, k, device, train, extra_hooks)
+        source = None if weights_from is None else Path(weights_from) / f"fold_{k}"
+        result = _run_fold(fold_cfg, fold_dir, k, device, train, extra_hooks, source)
         result.update(fold=k, num_train=int(len(pool) - len(parts[k])), num_val=int(len(parts[k])))
         write_json(done, result)
         results.append(result)
@@ -129,7 +138,7 @@ def _check_or_write_plan(path: Path, plan: dict) -> None:
     plan = json.loads(json.dumps(to_jsonable(plan)))
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        changed = [key for key in ("folds", "seed", "pool", "fold_of") if old.get(key) != plan[key]]
+        changed = [key for key in ("folds", "seed", "pool", "fold_of", "weights_from") if old.get(key) != plan[key]]
         if _comparable(old.get("config")) != _comparable(plan["config"]):
             changed.append("config")
         if changed:
@@ -154,6 +163,18 @@ def _comparable(cfg):
     return out
 
 
+def _check_same_folds(source: Path, plan: dict) -> None:
+    """``--weights-from`` must name a k-fold run over the same images in the same folds."""
+    path = source / PLAN_FILE
+    if not path.is_file():
+        raise ConfigError(f"--weights-from {source}: not a k-fold run directory (no {PLAN_FILE})")
+    old = json.loads(path.read_text(encoding="utf-8"))
+    changed = [key for key in ("folds", "seed", "pool", "fold_of") if old.get(key) != plan[key]]
+    if changed:
+        raise ConfigError(f"--weights-from {source}: its folds differ ({', '.join(changed)}); its weights "
+                          "were trained on other images")
+
+
 def _config_difference(old, new, prefix: str = "") -> str:
     """The first dotted key whose value differs (for the error message)."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
@@ -165,26 +186,35 @@ def _config_difference(old, new, prefix: str = "") -> str:
     return f" (first difference: {prefix.rstrip('.')} was {old!r}, now {new!r})" if old != new else ""
 
 
-def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks) -> dict:
+def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, source: Path | None) -> dict:
     from detkit.evaluation.run import evaluate
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    resume = "auto" if (fold_dir / "last.pth").is_file() else None
-    logger.info("k-fold: fold %d %s", k, "resumes" if resume else "starts")
+    resume = None
+    if source is None:
+        resume = "auto" if (fold_dir / "last.pth").is_file() else None
+        logger.info("k-fold: fold %d %s", k, "resumes" if resume else "starts")
+        start = time.perf_counter()
+        summary = train(cfg, work_dir=fold_dir, resume=resume, device=device, extra_hooks=extra_hooks)
+        train_seconds, epochs = time.perf_counter() - start, summary["epochs"]
+        checkpoint = summary["last_checkpoint"] or fold_dir / "last.pth"
+    else:
+        trained = source / FOLD_RESULT_FILE
+        if not trained.is_file():
+            raise ConfigError(f"--weights-from: fold {k} of {source.parent} is not finished (no {trained.name})")
+        trained = json.loads(trained.read_text(encoding="utf-8"))
+        train_seconds, epochs, checkpoint = trained["train_seconds"], trained["epochs"], source / "last.pth"
+        logger.info("k-fold: fold %d evaluates the weights of %s", k, checkpoint)
     start = time.perf_counter()
-    summary = train(cfg, work_dir=fold_dir, resume=resume, device=device, extra_hooks=extra_hooks)
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    metrics = evaluate(cfg, summary["last_checkpoint"] or fold_dir / "last.pth", metric="all", device=device,
-                       metrics_out=fold_dir / "eval_metrics.json",
+    metrics = evaluate(cfg, checkpoint, metric="all", device=device, metrics_out=fold_dir / "eval_metrics.json",
                        diagnostics_out=fold_dir / "diagnostics.json")
     eval_seconds = time.perf_counter() - start
     diagnostics = json.loads((fold_dir / "diagnostics.json").read_text(encoding="utf-8"))
     return {
         "metrics": {key: metrics.get(key) for key in FOLD_KEYS},
         "diagnostics": {key: diagnostics.get("summary", {}).get(key) for key in DIAGNOSTIC_KEYS},
-        "epochs": summary["epochs"],
-        "train_seconds": train_seconds,
+        "epochs": epochs,
+        "train_seconds": train_seconds,  # with weights_from: the source fold's
         "eval_seconds": eval_seconds,
         "resumed": resume is not None,
         # the machine may be shared: the load average says how far these times are from an idle one
