@@ -14,7 +14,8 @@ COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 
 
 
 def scene(seed: int, size=(120, 160), n=3):
-    """An image with ``n`` solid rectangles of distinct colours on black; label k = colour k."""
+    """An image with ``n`` solid rectangles of distinct colours on black; label k = colour k (they may
+    overlap: :func:`non_overlapping_scene` picks seeds where they do not)."""
     rng = np.random.default_rng(seed)
     h, w = size
     image = np.zeros((h, w, 3), np.uint8)
@@ -22,10 +23,9 @@ def scene(seed: int, size=(120, 160), n=3):
     for k in rng.permutation(len(COLOURS))[:n]:
         bw, bh = rng.integers(15, w // 2), rng.integers(15, h // 2)
         x1, y1 = rng.integers(0, w - bw), rng.integers(0, h - bh)
-        image[y1:y1 + bh, x1:x1 + bw] = COLOURS[k]  # later rectangles may cover earlier ones: avoid
+        image[y1:y1 + bh, x1:x1 + bw] = COLOURS[k]
         boxes.append([x1, y1, x1 + bw, y1 + bh])
         labels.append(k)
-    # repaint in order so each box's visible region is its own colour only where not covered
     return image, np.asarray(boxes, np.float32), np.asarray(labels, np.int64)
 
 

@@ -11,8 +11,8 @@ numbers say how they miss:
   the first listed). ``difficult`` / ``iscrowd`` ground truth is ignored (a detection on it is
   neither right nor wrong), as in both metrics. A detection overlapping only already matched ground
   truth is a *duplicate*; any other unmatched detection a *false positive*.
-* **Per ground truth**: matched, or a *localisation miss* (its best same-class detection reaches IoU
-  0.1 but not ``iou_match``), a *class confusion* (a detection of another class reaches
+* **Per ground truth**: matched, or a *class confusion* (a detection of another class reaches
+  ``iou_match``), or a *localisation miss* (its best same-class detection reaches IoU 0.1 but not
   ``iou_match``), or *missed*. ``best_iou_*`` describe every object's best same-class IoU (0 when
   nothing overlaps), so misses and fit show in one distribution.
 * **Fit of the matched pairs**: IoU median and quartiles, the share reaching 0.75 (what AP75 needs),
@@ -166,10 +166,10 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
                 outcome["matched"] += 1
                 pairs_gt.append(rec.gt_boxes[g])
                 pairs_det.append(m["det_boxes"][d])
+            elif m["best_other"][g] >= iou_match:  # boxed well, but under another class
+                outcome["class_confusions"] += 1
             elif m["best_same"][g] >= LOCALISATION_IOU:
                 outcome["localization_misses"] += 1
-            elif m["best_other"][g] >= iou_match:
-                outcome["class_confusions"] += 1
             else:
                 outcome["missed"] += 1
             best.append(m["best_same"][g])
