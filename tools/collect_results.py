@@ -1,8 +1,15 @@
 #!/usr/bin/env python
-"""Collect finished training runs into the README results table and docs/images/.
+"""Collect finished training runs into docs/results/, and the README results table from there.
 
-    python tools/collect_results.py                       # the recipes below, from work_dirs/
-    python tools/collect_results.py --no-copy             # print the table only
+    python tools/collect_results.py             # runs in work_dirs/ -> docs/results/*.json -> README table
+    python tools/collect_results.py --no-copy   # the same, without copying plots to docs/images/
+    python tools/collect_results.py --check     # exit 1 if the README table differs from docs/results/
+
+``docs/results/<recipe>.json`` (committed) is the source of truth of the README table: run
+directories (``work_dirs/``) are not committed, so the summary of each finished run is kept there, and
+the table between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md is rendered from
+those files (``tests/test_readme_tables.py`` checks it is). A recipe whose run directory is absent
+keeps its committed summary.
 
 For each run directory it reads what the run itself wrote - nothing is typed in by hand:
   * metrics: ``eval_metrics.json`` when present (written by ``detkit eval --metrics-out``, as
@@ -11,12 +18,13 @@ For each run directory it reads what the run itself wrote - nothing is typed in 
   * training time: the ``training finished: N epoch(s) in HH:MM:SS`` line of ``train.log``;
   * img/s: the mean of the per-iteration-window ``img_per_s`` records of ``metrics.jsonl``;
 and copies ``plots/map.png`` (and ``plots/loss.png``) to ``docs/images/<name>_map.png``.
-Runs that are missing are listed as such instead of failing, so a partial table can be refreshed.
+Recipes with neither a finished run nor a summary are listed as not measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import re
 import shutil
@@ -25,7 +33,11 @@ from pathlib import Path
 
 from detkit.evaluation.names import HEADLINE_KEYS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_sections import load_records, update_section, write_record  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
 
 # name, run directory, command, data description
 RECIPES = [
@@ -64,34 +76,63 @@ def read_run(work_dir: Path) -> dict | None:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--no-copy", action="store_true", help="do not copy plots into docs/images")
-    args = parser.parse_args(argv)
+HEADER = ("| recipe | command | data | VOC07 AP50 (11-pt) | VOC AP50 (area) | COCO AP | COCO AP50 | COCO AP75 "
+          "| training | train img/s | from |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
-    print("| recipe | command | data | VOC07 AP50 (11-pt) | VOC AP50 (area) | COCO AP | COCO AP50 "
-          "| COCO AP75 | training | train img/s | from |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+def render_table(summaries: dict[str, dict]) -> str:
+    """The README results table: one row per recipe, from its summary (``read_run`` output)."""
+    lines = [HEADER]
+    for name, _, command, data in RECIPES:
+        run = summaries.get(name)
+        if run is None:
+            lines.append(f"| `{name}` | {command} | {data} | not measured | | | | | | | |")
+            continue
+        cells = [f"{run['metrics'][k]:.3f}" if run["metrics"].get(k) is not None else "-" for k in METRICS]
+        speed = f"{run['img_per_s']:.1f}" if run["img_per_s"] else "-"
+        lines.append(f"| `{name}` | {command} | {data} | {' | '.join(cells)} | {run['epochs']} epochs in "
+                     f"{run['time']} | {speed} | {run['source']} |")
+    return "\n".join(lines)
+
+
+def collect(copy_plots: bool) -> list[str]:
+    """Write ``docs/results/<recipe>.json`` for every finished run; returns the run directories
+    that had none."""
     missing = []
-    for name, run_dir, command, data in RECIPES:
+    for name, run_dir, _, _ in RECIPES:
         run = read_run(REPO / run_dir)
         if run is None:
             missing.append(run_dir)
-            print(f"| `{name}` | {command} | {data} | not measured | | | | | | | |")
             continue
-        cells = [f"{run['metrics'][k]:.3f}" if run["metrics"][k] is not None else "-" for k in METRICS]
-        speed = f"{run['img_per_s']:.1f}" if run["img_per_s"] else "-"
-        print(f"| `{name}` | {command} | {data} | {' | '.join(cells)} | {run['epochs']} epochs in "
-              f"{run['time']} | {speed} | {run['source']} |")
-        if not args.no_copy:
+        run["collected"] = f"{datetime.date.today().isoformat()} from {run_dir} by tools/collect_results.py"
+        write_record(RESULTS / f"{name}.json", run)
+        if copy_plots:
             images = REPO / "docs" / "images"
             images.mkdir(parents=True, exist_ok=True)
             for plot in ("map", "loss"):
                 src = REPO / run_dir / "plots" / f"{plot}.png"
                 if src.is_file():
                     shutil.copyfile(src, images / f"{name}_{plot}.png")
-    for run_dir in missing:
-        print(f"(no finished run in {run_dir})", file=sys.stderr)
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-copy", action="store_true", help="do not copy plots into docs/images")
+    parser.add_argument("--check", action="store_true",
+                        help="only compare the README table with docs/results/ (exit 1 if it differs)")
+    args = parser.parse_args(argv)
+
+    if args.check:
+        same = update_section("results", render_table(load_records(RESULTS)), check=True)
+        print("README results table is up to date" if same else
+              "README results table differs from docs/results/: run python tools/collect_results.py")
+        return 0 if same else 1
+    for run_dir in collect(copy_plots=not args.no_copy):
+        print(f"(no finished run in {run_dir}; its committed summary, if any, is kept)", file=sys.stderr)
+    table = render_table(load_records(RESULTS))
+    print(table)
+    update_section("results", table)
     return 0
 
 

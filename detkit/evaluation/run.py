@@ -55,7 +55,7 @@ def evaluate(cfg: Mapping, checkpoint, *, metric="all", split: str = "val", metr
             class_names = tuple(ckpt.get("class_names") or (cfg.get("data") or {}).get("classes")
                                 or dataset.classes)
             check_same_classes(class_names, dataset.classes, f"checkpoint {checkpoint}", f"data.{split}")
-            model = build_detector(cfg["model"], class_names)
+            model = build_detector(cfg["model"], class_names, pretrained=False)  # the checkpoint's weights
             load_model_weights(model, ckpt, source=str(checkpoint))
             model.to(info.device).eval()
             loader = build_eval_loader(dataset, batch_size or ecfg["batch_size"], ecfg["num_workers"],

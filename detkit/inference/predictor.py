@@ -71,7 +71,7 @@ class Predictor:
                 "add data.classes to the config"
             )
         self.class_names = tuple(class_names)
-        self.model = build_detector(cfg["model"], self.class_names)
+        self.model = build_detector(cfg["model"], self.class_names, pretrained=False)  # the checkpoint's
         load_model_weights(self.model, ckpt, source=str(checkpoint))
         self.model.to(self.device).eval()
         self.transforms = build_transforms(self._test_transforms(cfg))
