@@ -170,6 +170,9 @@ def test_kfold_runs_summarises_and_resumes_per_fold(shapes, tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="its folds differ"):
         kfold(strict, folds=3, seed=1, out=tmp_path / "other", device="cpu", weights_from=out)
 
+    # how a run executes is not what it trains: other loader workers / log interval are the same plan
+    same = {**cfg, "train": {**cfg["train"], "num_workers": 1, "log_interval": 5}}
+    assert kfold(same, folds=3, seed=0, out=out, device="cpu")["folds_done"] == [0, 1, 2]
     with pytest.raises(ConfigError, match="another config .*train.epochs was 1, now 2"):
         kfold({**cfg, "train": {**cfg["train"], "epochs": 2}}, folds=3, seed=0, out=out, device="cpu")
     with pytest.raises(ConfigError, match="another folds"):

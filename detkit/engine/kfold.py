@@ -17,7 +17,8 @@ with ``detkit eval``'s code, box-fit diagnostics included. The run directory::
 
 Resumable per fold: a fold with ``fold_result.json`` is not redone, a fold with a ``last.pth`` resumes
 from it (exactly, see :mod:`detkit.engine.runner`). Running again with another config, seed or fold
-count into the same directory is refused (the plan would not match); ``folds_to_run`` runs a subset
+count into the same directory is refused (the plan would not match; execution settings such as
+``train.num_workers`` may change, :data:`EXECUTION_KEYS`); ``folds_to_run`` runs a subset
 (a cheap screen on some folds, completed later by running the others). ``weights_from`` re-scores
 another run's fold weights with this config's test-time settings (NMS threshold, score threshold,
 proposals at test) without training again.
@@ -150,16 +151,24 @@ def _check_or_write_plan(path: Path, plan: dict) -> None:
     write_json(path, plan)
 
 
+# How a run executes, not what it trains: a fold may be resumed with other values (fewer loader
+# workers on a machine short of memory, say) and is still a run of the same recipe.
+EXECUTION_KEYS = {"train": ("num_workers", "log_interval", "eval_interval", "checkpoint_interval", "keep_last"),
+                  "eval": ("batch_size", "num_workers")}
+
+
 def _comparable(cfg):
-    """The config without ``train`` / ``eval`` keys at their defaults: a key a newer detkit adds (at
-    its default, which keeps the old behaviour) must not make an earlier run look like another one."""
+    """The config without execution keys (:data:`EXECUTION_KEYS`) and without ``train`` / ``eval``
+    keys at their defaults: a key a newer detkit adds (at its default, which keeps the old
+    behaviour) must not make an earlier run look like another one."""
     if not isinstance(cfg, Mapping):
         return cfg
     out = dict(cfg)
     for section, defaults in SECTION_DEFAULTS.items():
         if isinstance(out.get(section), Mapping):
             out[section] = {k: v for k, v in out[section].items()
-                            if not (k in defaults and json.loads(json.dumps(defaults[k])) == v)}
+                            if k not in EXECUTION_KEYS[section]
+                            and not (k in defaults and json.loads(json.dumps(defaults[k])) == v)}
     return out
 
 
