@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detkit.config import config_name
+from detkit.config import SECTIONS, config_name
 from detkit.errors import ConfigError
 from detkit.evaluation.names import FOLD_KEYS
 from detkit.jsonio import to_jsonable, write_json
@@ -163,7 +163,9 @@ def _comparable(cfg):
     behaviour) must not make an earlier run look like another one."""
     if not isinstance(cfg, Mapping):
         return cfg
-    out = dict(cfg)
+    # only the sections: top-level helper names of a config file (an image_size, a data_root found
+    # from the file's own path) are not part of what runs
+    out = {key: value for key, value in cfg.items() if key in SECTIONS}
     for section, defaults in SECTION_DEFAULTS.items():
         if isinstance(out.get(section), Mapping):
             out[section] = {k: v for k, v in out[section].items()
