@@ -38,7 +38,7 @@ darknet's multiplicative ``rand_scale``), plus a horizontal flip with p=0.5 as d
 
 Augmentations detkit adds to albumentations' (usable by name in ``augment``, like any of theirs):
 
-* :class:`RandomHSVGain` (the YOLOv1 preset's colour jitter, see below);
+* :class:`RandomHSVGain` (the YOLOv1 preset's colour jitter, above);
 * :class:`MinIoURandomCrop`: SSD's random crop (Liu et al. 2016; mmdetection's ``MinIoURandomCrop``):
   a random window of 30-100% of each side whose IoU with every object reaches a randomly chosen
   minimum (0.1 ... 0.9, or the whole image); box-aware filtering keeps only the objects whose centre
