@@ -153,7 +153,8 @@ def _check_or_write_plan(path: Path, plan: dict) -> None:
 
 # How a run executes, not what it trains: a fold may be resumed with other values (fewer loader
 # workers on a machine short of memory, say) and is still a run of the same recipe.
-EXECUTION_KEYS = {"train": ("num_workers", "log_interval", "eval_interval", "checkpoint_interval", "keep_last"),
+EXECUTION_KEYS = {"train": ("num_workers", "log_interval", "eval_interval", "checkpoint_interval", "keep_last",
+                            "channels_last"),
                   "eval": ("batch_size", "num_workers")}
 
 
