@@ -192,3 +192,37 @@ def test_cli_kfold(shapes, tmp_path):
     result = CliRunner().invoke(main, ["kfold", str(CONFIG), "--folds", "2", "--out", str(tmp_path / "kf"),
                                        "--set", *tiny_overrides(shapes), "data.train.type='coco'"])
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_yolo_folds_are_image_lists_with_a_data_yaml(tmp_path):
+    yolo = pytest.importorskip("detkit.data.yolo")  # the ultralytics-layout data set type
+    import cv2
+
+    root = tmp_path / "animals"
+    for split, n in (("train", 5), ("val", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / "images" / split / f"{split}{i}.jpg"), np.zeros((40, 60, 3), np.uint8))
+            # class 1 (dog) for the val images, a box whose x tells which image it is
+            (root / "labels" / split / f"{split}{i}.txt").write_text(
+                f"{int(split == 'val')} {0.1 + 0.1 * i:.2f} 0.5 0.1 0.2\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: [cat, dog]\n")
+    cfg = {"data": {"classes": None, "train": {"type": "yolo", "root": str(root), "split": "train"},
+                    "val": {"type": "yolo", "root": str(root), "split": "val"}}}
+    pool = build_pool(cfg)
+    assert len(pool) == 7
+    parts = assign_folds(7, 3, seed=0)
+    seen = {}
+    for k in range(3):
+        entries = pool.write_fold(parts, k, tmp_path / f"fold_{k}")
+        train = yolo.YOLODataset(entries["train"]["root"], split=entries["train"]["split"])
+        val = yolo.YOLODataset(entries["val"]["root"], split=entries["val"]["split"])
+        assert train.classes == val.classes == ("cat", "dog")
+        names = lambda ds: {Path(p).name for p in ds.image_paths}  # noqa: E731
+        assert not names(train) & names(val) and len(names(train) | names(val)) == 7
+        for index in range(len(val)):  # labels still come from the images' own label files
+            ann = val.load_annotation(index)
+            seen[Path(val.image_paths[index]).name] = (int(ann.labels[0]), round(float(ann.boxes[0, 0] + 3) / 60, 2))
+    assert seen == {**{f"train{i}.jpg": (0, round(0.1 + 0.1 * i, 2)) for i in range(5)},
+                    **{f"val{i}.jpg": (1, round(0.1 + 0.1 * i, 2)) for i in range(2)}}

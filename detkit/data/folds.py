@@ -4,7 +4,8 @@ Used by ``detkit kfold`` (:mod:`detkit.engine.kfold`). The steps:
 
 1. :func:`build_pool` reads the data sets of ``data.train`` and ``data.val`` and lists every image once
    (an image listed in both splits counts once), each with a key that names it in files and errors:
-   ``<root>::<id>`` for VOC layouts, ``<annotation file>::<image id>`` for COCO files.
+   ``<root>::<id>`` for VOC layouts, ``<annotation file>::<image id>`` for COCO files, the image's
+   path for YOLO layouts.
 2. :func:`assign_folds` shuffles the pool with ``numpy.random.default_rng(seed)`` and cuts it into K
    contiguous parts whose sizes differ by at most one (scikit-learn's ``KFold(shuffle=True)`` rule):
    the same pool and seed always give the same folds, on every machine.
@@ -16,6 +17,8 @@ Used by ``detkit kfold`` (:mod:`detkit.engine.kfold`). The steps:
    * VOC (and types derived from it, such as ``shapes``): one id list per root,
      ``<dir>/<role>.<n>.txt``, given as the data set's ``split`` (a split ending in ``.txt`` is a
      file of ids; see :mod:`detkit.data.voc`);
+   * YOLO (ultralytics layout): an image list per role, ``<dir>/<role>.txt`` (absolute paths; the
+     label files stay next to the images), and ``<dir>/data.yaml`` naming both lists and the classes;
    * COCO: an annotation file per role, ``<dir>/<role>.json``, holding that role's images and their
      annotations. Images pooled from two files (train and val JSONs) are renumbered when their ids
      collide, and when the two files use different image folders the common parent folder becomes
@@ -65,7 +68,7 @@ class Pool:
     def __init__(self, kind: str, sources: list, items: list[_Item], role_cfgs: Mapping[str, dict],
                  duplicates: int = 0):
         self.kind = kind
-        self.sources = sources  # VOC: root folders; COCO: _COCOSource
+        self.sources = sources  # VOC: root folders; COCO: _COCOSource; YOLO: [class names]
         self.items = items
         self.role_cfgs = {role: copy.deepcopy(dict(cfg)) for role, cfg in role_cfgs.items()}
         self.duplicates = duplicates
@@ -86,7 +89,7 @@ class Pool:
         entries = {}
         for role, indices in (("train", train), ("val", val)):
             items = [self.items[i] for i in indices.tolist()]
-            writer = self._write_voc if self.kind == "voc" else self._write_coco
+            writer = {"voc": self._write_voc, "coco": self._write_coco, "yolo": self._write_yolo}[self.kind]
             entries[role] = {**self.role_cfgs[role], **writer(items, out_dir, role)}
         return entries
 
@@ -102,6 +105,14 @@ class Pool:
         if len(roots) == 1:
             return {"root": roots[0], "split": splits[0]}
         return {"root": roots, "split": splits}
+
+    # -- YOLO: image lists and a data.yaml -------------------------------------------------------
+    def _write_yolo(self, items: list[_Item], out_dir: Path, role: str) -> dict:
+        (out_dir / f"{role}.txt").write_text("".join(f"{item.ident}\n" for item in items), encoding="utf-8")
+        # JSON is YAML: the fold's data.yaml names both lists (label files sit next to the images)
+        spec = {"path": str(out_dir.resolve()), "train": "train.txt", "val": "val.txt", "names": self.sources[0]}
+        (out_dir / "data.yaml").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        return {"root": str((out_dir / "data.yaml").resolve()), "split": role}
 
     # -- COCO: annotation subsets ----------------------------------------------------------------
     def _write_coco(self, items: list[_Item], out_dir: Path, role: str) -> dict:
@@ -153,6 +164,23 @@ class _COCOSource:
                    {img["id"]: img for img in data["images"]}, by_image)
 
 
+def _yolo_like(dataset) -> bool:
+    try:
+        from detkit.data.yolo import YOLODataset
+    except ImportError:  # a detkit without the yolo data set type
+        return False
+    return isinstance(dataset, YOLODataset)
+
+
+def _yolo_names(dataset) -> list[str]:
+    """The class names of the data set's files (its data.yaml's, else the classes it was given)."""
+    if getattr(dataset, "yaml_path", None) is not None:
+        from detkit.data.yolo import read_data_yaml
+
+        return list(read_data_yaml(dataset.yaml_path)["names"])
+    return list(dataset.classes)
+
+
 def _voc_like(dataset) -> bool:
     from detkit.data.voc import VOCDataset
 
@@ -167,11 +195,12 @@ def _coco_like(dataset) -> bool:
 
 def pool_from_datasets(datasets: Mapping[str, object], role_cfgs: Mapping[str, dict]) -> Pool:
     """The pool of already built data sets (``{"train": ds, "val": ds}``); see the module docstring."""
-    kinds = {role: "voc" if _voc_like(ds) else "coco" if _coco_like(ds) else None for role, ds in datasets.items()}
+    kinds = {role: "voc" if _voc_like(ds) else "coco" if _coco_like(ds) else "yolo" if _yolo_like(ds) else None
+             for role, ds in datasets.items()}
     for role, kind in kinds.items():
         if kind is None:
-            raise ConfigError(f"data.{role}: k-fold splits need a 'voc' or 'coco' data set (or a type derived "
-                              f"from them), got {type(datasets[role]).__name__}")
+            raise ConfigError(f"data.{role}: k-fold splits need a 'voc', 'coco' or 'yolo' data set (or a type "
+                              f"derived from them), got {type(datasets[role]).__name__}")
     if len(set(kinds.values())) != 1:
         raise ConfigError(f"k-fold pools data.train and data.val, which must be of one kind; got {kinds}")
     kind = next(iter(kinds.values()))
@@ -183,6 +212,13 @@ def pool_from_datasets(datasets: Mapping[str, object], role_cfgs: Mapping[str, d
     for ds in datasets.values():
         if kind == "voc":
             entries = [(Path(root).resolve(), stem) for root, stem in zip(ds.roots, ds.ids)]
+        elif kind == "yolo":
+            names = _yolo_names(ds)
+            if sources and sources[0] != names:
+                raise DataError(f"data.train and data.val name their classes differently ({sources[0]} vs "
+                                f"{names}); their label files cannot be pooled into folds")
+            sources[:1] = [names]
+            entries = [(None, str(Path(p).resolve())) for p in ds.image_paths]
         else:
             source_key = (Path(ds.ann_file).resolve(), Path(ds.img_dir).resolve())
             if source_key not in source_index:
@@ -190,6 +226,13 @@ def pool_from_datasets(datasets: Mapping[str, object], role_cfgs: Mapping[str, d
                 sources.append(_COCOSource.of(ds))
             entries = [(source_key, img_id) for img_id in ds.img_ids]
         for source_key, name in entries:
+            if kind == "yolo":  # one source: the class names; an image is named by its path
+                if name in seen:
+                    duplicates += 1
+                    continue
+                seen.add(name)
+                items.append(_Item(name, 0, name))
+                continue
             if source_key not in source_index:
                 source_index[source_key] = len(sources)
                 sources.append(source_key)
