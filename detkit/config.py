@@ -58,13 +58,20 @@ def _load_file(path: Path, stack: tuple) -> dict:
         raise ConfigError(f"_base_ cycle: {chain}")
     if path.suffix == ".json":
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                              f"{exc.start}); JSON configs must be saved as UTF-8") from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
     if path.suffix != ".py":
         raise ConfigError(f"{path}: a config is a .py file (or a resolved .json dump)")
     try:
         namespace = runpy.run_path(str(path), run_name="__detkit_config__")
+    except SystemExit as exc:
+        # Would otherwise end `detkit train` with this status, silently and without training.
+        raise ConfigError(f"{path}: the config called sys.exit({exc.code!r}); a config file only "
+                          "defines values") from None
     except Exception as exc:
         raise ConfigError(f"{path}: executing the config failed: {type(exc).__name__}: {exc}") from exc
 
@@ -260,5 +267,5 @@ def resolve_references(cfg: dict) -> dict:
 def dump_config(cfg: Mapping, path: str | Path | None = None) -> str:
     text = json.dumps(cfg, indent=2, sort_keys=False)
     if path is not None:
-        Path(path).write_text(text + "\n")
+        Path(path).write_text(text + "\n", encoding="utf-8")
     return text

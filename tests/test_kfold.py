@@ -6,6 +6,7 @@ finished folds are not redone, and another plan in the same directory is refused
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,88 @@ def test_yolo_folds_are_image_lists_with_a_data_yaml(tmp_path):
             seen[Path(val.image_paths[index]).name] = (int(ann.labels[0]), round(float(ann.boxes[0, 0] + 3) / 60, 2))
     assert seen == {**{f"train{i}.jpg": (0, round(0.1 + 0.1 * i, 2)) for i in range(5)},
                     **{f"val{i}.jpg": (1, round(0.1 + 0.1 * i, 2)) for i in range(2)}}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_a_fold_killed_before_its_first_checkpoint_starts_again_with_its_data(shapes, tmp_path):
+    """A fold stopped before it saved anything left config.json / train.log next to its data lists:
+    the next run moves that partial run aside (never deletes it) and trains the fold from scratch on
+    its data lists, which must not be moved aside with it."""
+    from detkit.engine.hooks import Hook
+
+    class StopAtFirstIteration(Hook):
+        def before_iter(self, trainer):
+            raise _Interrupt
+
+    cfg = load_config(CONFIG, tiny_overrides(shapes))
+    out = tmp_path / "kf"
+    with pytest.raises(_Interrupt):
+        kfold(cfg, folds=2, seed=0, out=out, device="cpu", folds_to_run=[0], extra_hooks=[StopAtFirstIteration()])
+    fold = out / "fold_0"
+    assert (fold / "train.log").is_file() and not (fold / "last.pth").exists()
+
+    summary = kfold(cfg, folds=2, seed=0, out=out, device="cpu", folds_to_run=[0])
+    assert summary["folds_done"] == [0] and (fold / "last.pth").is_file()
+    fold_cfg = json.loads((fold / "config.json").read_text())
+    assert Path(fold_cfg["data"]["train"]["split"]).is_file() and Path(fold_cfg["data"]["val"]["split"]).is_file()
+    (archived,) = (fold / "previous").iterdir()
+    assert (archived / "train.log").is_file() and not (archived / "last.pth").exists()
+
+
+def test_a_fold_whose_last_checkpoint_is_gone_resumes_from_its_newest_epoch(shapes, tmp_path, monkeypatch):
+    """faults16's resume fallback: a fold with epoch_N.pth but no (or a damaged) last.pth continues from
+    epoch_N.pth instead of being moved aside and trained again."""
+    import detkit.engine.runner as runner
+
+    cfg = load_config(CONFIG, tiny_overrides(shapes) + ["train.epochs=2"])
+    out = tmp_path / "kf"
+    kfold(cfg, folds=2, seed=0, out=out, device="cpu", folds_to_run=[0])
+    fold = out / "fold_0"
+    (fold / FOLD_RESULT_FILE).unlink()
+    (fold / "last.pth").unlink()
+    calls = []
+    real_train = runner.train
+    monkeypatch.setattr(runner, "train", lambda *a, **k: calls.append(k) or real_train(*a, **k))
+    again = kfold(cfg, folds=2, seed=0, out=out, device="cpu", folds_to_run=[0])
+    assert [c["resume"] for c in calls] == ["auto"] and again["folds_done"] == [0]
+    assert not (fold / "previous").exists()
+    result = json.loads((fold / FOLD_RESULT_FILE).read_text())
+    assert result["resumed"] is True
+
+    # a resumed fold's time is its epochs' times, from every part of the run, each epoch once
+    records = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
+    epochs = {r["epoch"]: r["epoch_time_s"] for r in records if r["type"] == "epoch"}
+    assert sorted(epochs) == [1, 2] and result["train_seconds"] == pytest.approx(sum(epochs.values()))
+    # a result written by an earlier detkit (wall time of the last part) is corrected in the summary
+    (fold / FOLD_RESULT_FILE).write_text(json.dumps({**result, "train_seconds": 0.5,
+                                                     "train_seconds_from_epochs": None}))
+    summary = kfold(cfg, folds=2, seed=0, out=out, device="cpu", folds_to_run=[0])
+    assert summary["train_minutes"]["values"] == [pytest.approx(sum(epochs.values()) / 60)]
+
+
+def test_summary_commit_only_from_a_checkout_of_its_own(tmp_path):
+    """The summary records the commit of the code that ran; a copy of the code inside another
+    repository (a snapshot in a work dir, a venv in a project) must not report that repository's."""
+    import shutil
+    import subprocess
+
+    from detkit.engine.kfold import _git_revision
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    (repo / "snapshot").mkdir(parents=True)
+    (repo / "a.txt").write_text("a\n")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    for args in (["init", "-q"], ["add", "a.txt"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, env=env)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert _git_revision(repo) == head
+    (repo / "a.txt").write_text("b\n")
+    assert _git_revision(repo) == head + "+dirty"
+    assert _git_revision(repo / "snapshot") is None
+    assert _git_revision(tmp_path / "repo_not") is None

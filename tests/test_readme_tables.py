@@ -32,11 +32,13 @@ def tools():
     return load_tool("collect_results"), load_tool("bench"), load_tool("readme_sections")
 
 
-def test_readme_results_table_is_rendered_from_docs_results(tools):
+def test_readme_results_tables_are_rendered_from_docs_results(tools):
     collect, _, sections = tools
     summaries = sections.load_records(collect.RESULTS)
-    assert set(summaries) == {name for name, *_ in collect.RECIPES}  # every row has its summary file
+    # every row of both tables (detectors, `detkit classify` runs) has its summary file
+    assert set(summaries) == {name for name, *_ in collect.RECIPES + collect.CLASSIFY_RECIPES}
     assert sections.read_section("results") == collect.render_table(summaries) + "\n"
+    assert sections.read_section("classification") == collect.render_classify_table(summaries) + "\n"
     assert collect.main(["--check"]) == 0
 
 
@@ -45,6 +47,10 @@ def test_readme_benchmark_table_is_rendered_from_docs_benchmarks(tools):
     records = sections.load_records(bench.RECORDS)
     assert records and all(r["suite"] in bench.SUITES and r["rows"] for r in records.values())
     assert sections.read_section("benchmarks") == bench.render_table(records) + "\n"
+    own = bench.render_sections(records)
+    assert "export-bench" in own  # the Deploy section's table
+    for name, body in own.items():
+        assert sections.read_section(name) == body + "\n", name
     assert bench.main(["readme", "--check"]) == 0
 
 
@@ -83,6 +89,7 @@ def test_collect_writes_a_summary_per_finished_run_and_keeps_the_others(tools, t
     monkeypatch.setattr(collect, "RECIPES", [("run_a", "work_dirs/run_a", "`cmd a`", "data a"),
                                              ("run_b", "work_dirs/run_b", "`cmd b`", "data b"),
                                              ("run_c", "work_dirs/run_c", "`cmd c`", "data c")])
+    monkeypatch.setattr(collect, "CLASSIFY_RECIPES", [])
     assert collect.collect(copy_plots=False) == ["work_dirs/run_b", "work_dirs/run_c"]
     summary = json.loads((results / "run_a.json").read_text())
     assert summary["metrics"]["voc07_ap50"] == 0.71 and summary["time"] == "1 min 5 s"
@@ -93,6 +100,29 @@ def test_collect_writes_a_summary_per_finished_run_and_keeps_the_others(tools, t
         "| `run_b` | `cmd b` | data b | 0.400 | - | - | - | - | 3 epochs in 9 s | - | epoch 3 |",
         "| `run_c` | `cmd c` | data c | not measured | | | | | | | |",
     ]
+
+
+def test_collect_reads_a_classifier_run_and_its_confusion_matrix(tools, tmp_path, monkeypatch):
+    collect, _, sections = tools
+    work = tmp_path / "work_dirs" / "cls"
+    (work / "plots").mkdir(parents=True)
+    (work / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"type": "train", "epoch": 1, "img_per_s": 50.0},
+        {"type": "epoch", "epoch": 1, "top1": 0.5, "top5": 0.9}]) + "\n")
+    (work / "train.log").write_text("training finished: 1 epoch(s) in 00:00:07\n")
+    # detkit classify eval --metrics-out of the best checkpoint wins over the last epoch record
+    (work / "eval_metrics.json").write_text(json.dumps({"top1": 0.625, "top5": 1.0, "mean_class_accuracy": 0.6}))
+    for name in ("plots/accuracy.png", "plots/confusion.png", "eval_confusion.png"):
+        (work / name).write_bytes(name.encode())
+    monkeypatch.setattr(collect, "REPO", tmp_path)
+    monkeypatch.setattr(collect, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(collect, "RECIPES", [])
+    monkeypatch.setattr(collect, "CLASSIFY_RECIPES", [("cls", "work_dirs/cls", "`c`", "d")])
+    assert collect.collect(copy_plots=True) == []
+    rows = collect.render_classify_table(sections.load_records(tmp_path / "results")).splitlines()
+    assert rows[2] == "| `cls` | `c` | d | 0.625 | 1.000 | 0.600 | 1 epochs in 7 s | 50.0 | eval_metrics.json |"
+    assert (tmp_path / "docs/images/cls_confusion.png").read_bytes() == b"eval_confusion.png"
+    assert (tmp_path / "docs/images/cls_accuracy.png").read_bytes() == b"plots/accuracy.png"
 
 
 def test_bench_record_option_and_table_rendering(tools):

@@ -359,13 +359,13 @@ def test_every_shipped_config_builds_its_model_and_validates_its_data(name):
     import torch
 
     from detkit.config import load_config
-    from detkit.models.builder import build_detector
+    from detkit.tasks import task_of_config
 
     cfg = load_config(REPO / "configs" / name)
     classes = cfg["data"].get("classes") or ["a", "b"]
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # loading pretrained files into meta tensors is a no-op
-        model = build_detector(cfg["model"], classes)
+        model = task_of_config(cfg).build_model(cfg["model"], classes)  # a detector or a classifier
     assert model.num_classes == len(classes) and model.head.num_classes == len(classes)
     for split in ("train", "val"):
         spec = registry.Spec("datasets", cfg["data"][split], f"data.{split}")

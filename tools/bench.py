@@ -8,6 +8,7 @@
     python tools/bench.py eval       # VOC evaluator vs slow reference; COCO with/without faster-coco-eval
     python tools/bench.py infer      # end-to-end infer vs model forward alone
     python tools/bench.py rcnn       # R-CNN roi vs warp mode, proposal generators
+    python tools/bench.py export     # eager PyTorch vs TorchScript vs ONNX Runtime (+ bf16, int8), file sizes
     python tools/bench.py all
 
     python tools/bench.py SUITE --record [options]   # also keep the headline figures in docs/benchmarks/SUITE.json
@@ -15,7 +16,9 @@
     python tools/bench.py readme [--check]           # README benchmark table from docs/benchmarks/*.json
 
 The README's benchmark table is rendered from the committed records only (``tests/test_readme_tables.py``
-checks it), so every figure in it names the command that measured it.
+checks it), so every figure in it names the command that measured it. A suite may also return a
+detailed table for a README section of its own (``section`` and ``table`` in its record: the
+``export-bench`` table of the README's "Deploy" section).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_sections import REPO, load_records, update_section, write_record  # noqa: E402
 
-SUITES = ("nms", "backbones", "data", "train", "eval", "infer", "rcnn")
+SUITES = ("nms", "backbones", "data", "train", "eval", "infer", "rcnn", "export")
 RECORDS = REPO / "docs" / "benchmarks"
 
 
@@ -50,6 +53,19 @@ def render_table(records: dict[str, dict]) -> str:
         for what, measured in record["rows"]:
             lines.append(f"| {record['suite']} | {what} | {measured} | {source} |")
     return "\n".join(lines)
+
+
+def render_sections(records: dict[str, dict]) -> dict[str, str]:
+    """The README sections that records bring their own table for (``section``, ``table``), each
+    followed by the command and date that measured it."""
+    sections = {}
+    for record in records.values():
+        if record.get("section"):
+            source = f"`{record['command']}`, {record['date']}"
+            if record.get("load_average") is not None:
+                source += f", load average {record['load_average']:.1f} on {record['cpus']} CPUs"
+            sections[record["section"]] = f"{record['table']}\n\nMeasured by {source}."
+    return sections
 
 
 def _environment() -> dict:
@@ -81,7 +97,10 @@ def main(argv: list[str]) -> int:
     suite, rest = argv[0], argv[1:]
     if suite == "readme":
         check = rest == ["--check"]
-        same = update_section("benchmarks", render_table(load_records(RECORDS)), check=check)
+        records = load_records(RECORDS)
+        same = update_section("benchmarks", render_table(records), check=check)
+        for section, body in render_sections(records).items():
+            same = update_section(section, body, check=check) and same
         if check and not same:
             print("README benchmark table differs from docs/benchmarks/: run python tools/bench.py readme")
             return 1
@@ -101,13 +120,17 @@ def main(argv: list[str]) -> int:
                 continue
             raise
         print(f"==== {name} ====", flush=True)
-        environment = _environment() if record_as is not None else {}
         rows = module.main(rest)
+        environment = _environment() if record_as is not None else {}  # after main: its --threads apply
+        extra = {}
+        if isinstance(rows, dict):  # rows plus a README section of the suite's own
+            extra = {"section": rows["section"], "table": rows["table"]}
+            rows = rows["rows"]
         if record_as is not None and rows:
             path = RECORDS / f"{record_as or name}.json"
             command = " ".join(["python tools/bench.py", name, *argv[1:]])
             write_record(path, {"suite": name, "command": command, "date": datetime.date.today().isoformat(),
-                                **environment, "rows": [list(r) for r in rows]})
+                                **environment, "rows": [list(r) for r in rows], **extra})
             print(f"recorded {len(rows)} figure(s) in {path.relative_to(REPO)}; "
                   f"`python tools/bench.py readme` puts them in the README")
     return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The README's k-fold ablation tables, rendered from committed ``detkit kfold`` summaries.
 
-    python tools/kfold_table.py add NAME RUN_DIR --label "what changed"   # RUN_DIR/summary.json -> docs/results/kfold/NAME.json
+    python tools/kfold_table.py add NAME RUN_DIR --label "what changed" [--git COMMIT]   # RUN_DIR/summary.json -> docs/results/kfold/NAME.json
     python tools/kfold_table.py                                          # render the README sections
     python tools/kfold_table.py --check                                  # exit 1 if the README differs
 
@@ -10,7 +10,8 @@ sample std, the command line, fold times and load averages) plus a ``label``; ru
 not committed. Each table lists its rows in the order of :data:`TABLES` and goes between
 ``<!-- kfold-<table>:start -->`` and ``<!-- kfold-<table>:end -->`` in README.md
 (``tests/test_kfold_table.py`` checks the README matches). A listed row without a record shows as
-not measured.
+not measured; an experiment with fewer folds than planned says so in its ``folds`` cell, with the
+folds it covers; ``Δ COCO AP`` compares each row with the table's first on the folds both have.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ TABLES = {
 COLUMNS = (("voc07_ap50", "VOC07 AP50"), ("coco_ap", "COCO AP"), ("coco_ap50", "AP50"), ("coco_ap75", "AP75"),
            ("coco_ar100", "AR100"))
 DIAGNOSTICS = (("iou_median", "median IoU"), ("width_ratio_median", "w pred/true"))
+PAIRED_KEY = "coco_ap"  # the metric of the paired difference column
 
 
 def _cell(stat: dict | None, digits: int = 3) -> str:
@@ -45,27 +47,59 @@ def _cell(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f}{spread}"
 
 
+def _folds_cell(record: dict) -> str:
+    """``5/5``, or for an unfinished experiment ``2/5 partial (folds 0, 1)``: the mean of some folds
+    is not a K-fold mean (another pair of folds gives another number), so the row says which."""
+    done, total = record["folds_done"], record["folds"]
+    if len(done) == total:
+        return f"{total}/{total}"
+    return f"{len(done)}/{total} partial (fold{'s' if len(done) > 1 else ''} {', '.join(map(str, done))})"
+
+
+def _paired_delta(record: dict, reference: dict | None, key: str = PAIRED_KEY) -> str:
+    """Mean per-fold difference from the reference row on the folds both have (a paired comparison:
+    the spread between folds, larger than most levers' effect, cancels)."""
+    if reference is None or record is reference:
+        return ""
+    mine = dict(zip(record["folds_done"], record["metrics"][key]["values"]))
+    theirs = dict(zip(reference["folds_done"], reference["metrics"][key]["values"]))
+    common = sorted(k for k in mine if k in theirs and mine[k] is not None and theirs[k] is not None)
+    if not common:
+        return "no common fold"
+    delta = sum(mine[k] - theirs[k] for k in common) / len(common)
+    return f"{delta:+.3f} (fold{'s' if len(common) > 1 else ''} {', '.join(map(str, common))})"
+
+
 def render_table(table: str, records: dict[str, dict]) -> str:
-    """One table: a row per record of ``TABLES[table]``, mean ± sample std over its folds."""
+    """One table: a row per record of ``TABLES[table]``, mean ± sample std over its folds, and the
+    paired COCO AP difference from the first row on the folds both have."""
     titles = [t for _, t in COLUMNS] + [t for _, t in DIAGNOSTICS]
-    lines = ["| run | change | folds | " + " | ".join(titles) + " | min / fold |",
-             "|---|---|---|" + "---|" * len(titles) + "---|"]
-    for name in TABLES[table]:
+    lines = ["| run | change | folds | " + " | ".join(titles) + " | Δ COCO AP vs first row | min / fold |",
+             "|---|---|---|" + "---|" * len(titles) + "---|---|"]
+    names = TABLES[table]
+    reference = records.get(names[0]) if names else None
+    for name in names:
         record = records.get(name)
         if record is None:
-            lines.append(f"| `{name}` | not measured |" + " |" * (len(titles) + 2))
+            lines.append(f"| `{name}` | not measured |" + " |" * (len(titles) + 3))
             continue
-        folds = f"{len(record['folds_done'])}/{record['folds']}"
         cells = [_cell(record["metrics"].get(key)) for key, _ in COLUMNS]
         cells += [_cell(record["diagnostics"].get(key), 2) for key, _ in DIAGNOSTICS]
         minutes = record["train_minutes"]["mean"]
-        lines.append(f"| `{name}` | {record['label']} | {folds} | " + " | ".join(cells) + f" | {minutes:.0f} |")
+        lines.append(f"| `{name}` | {record['label']} | {_folds_cell(record)} | " + " | ".join(cells)
+                     + f" | {_paired_delta(record, reference)} | {minutes:.0f} |")
     return "\n".join(lines)
 
 
-def add(name: str, run_dir: Path, label: str) -> Path:
-    """Copy ``run_dir/summary.json`` into ``docs/results/kfold/<name>.json`` with its label."""
+def add(name: str, run_dir: Path, label: str, git: str | None = None) -> Path:
+    """Copy ``run_dir/summary.json`` into ``docs/results/kfold/<name>.json`` with its label. ``git``:
+    the commit whose code trained the run, for a summary written outside a git checkout (its ``git``
+    is null then); a summary that knows its commit keeps it."""
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    if git is not None:
+        if summary.get("git") not in (None, git):
+            raise SystemExit(f"{run_dir}/summary.json says it was written by commit {summary['git']}, not {git}")
+        summary["git"] = git
     path = RECORDS / f"{name}.json"
     write_record(path, {"label": label, **summary})
     return path
@@ -86,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     adder.add_argument("name")
     adder.add_argument("run_dir", type=Path)
     adder.add_argument("--label", required=True, help="what this run changes (shown in the table)")
+    adder.add_argument("--git", default=None, help="the commit that trained the run, when its summary was "
+                       "written by a copy of the code outside a git checkout (summary 'git' is null)")
     parser.add_argument("--check", action="store_true", help="only compare (exit 1 if the README differs)")
     args = parser.parse_args(argv)
     if args.cmd == "add":
-        print(f"wrote {add(args.name, args.run_dir, args.label)}")
+        print(f"wrote {add(args.name, args.run_dir, args.label, args.git)}")
         return 0
     if args.check:
         same = render_all(check=True)

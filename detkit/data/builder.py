@@ -31,10 +31,10 @@ def build_dataset(cfg: dict, split: str):
     return registry.build("datasets", data[split], path=f"data.{split}", **defaults)
 
 
-def check_same_classes(a: Sequence[str], b: Sequence[str], what_a: str, what_b: str) -> None:
-    """Two class lists that must agree (training vs validation data, a checkpoint vs the data)."""
+def check_same_classes(a: Sequence[str], b: Sequence[str], what_a: str, what_b: str, *,
+                       hint: str = "set data.classes to the same list") -> None:
+    """Two class lists that must agree, order included (training vs validation data, a checkpoint vs
+    the data); ``hint`` is the advice in the error."""
     if tuple(a) != tuple(b):
-        raise ConfigError(
-            f"{what_a} has classes {list(a)} but {what_b} has {list(b)}; labels would not match "
-            "(set data.classes to the same list)"
-        )
+        raise ConfigError(f"{what_a} has classes {list(a)} but {what_b} has {list(b)}; labels would not "
+                          f"match ({hint})")

@@ -15,8 +15,10 @@ with ``detkit eval``'s code, box-fit diagnostics included. The run directory::
       fold_result.json     the fold's headline metrics, diagnostics summary, times, load average
     summary.json           every metric's per-fold values, mean and std; times
 
-Resumable per fold: a fold with ``fold_result.json`` is not redone, a fold with a ``last.pth`` resumes
-from it (exactly, see :mod:`detkit.engine.runner`). Running again with another config, seed or fold
+Resumable per fold: a fold with ``fold_result.json`` is not redone, a fold with a checkpoint resumes
+from it (exactly, see :mod:`detkit.engine.runner`; a damaged or missing ``last.pth`` falls back to the
+newest readable ``epoch_N.pth``), a fold stopped before its first checkpoint has its partial files
+moved to ``fold_<k>/previous/`` and starts again. Running again with another config, seed or fold
 count into the same directory is refused (the plan would not match; execution settings such as
 ``train.num_workers`` may change, :data:`EXECUTION_KEYS`); ``folds_to_run`` runs a subset
 (a cheap screen on some folds, completed later by running the others). ``weights_from`` re-scores
@@ -94,17 +96,27 @@ def kfold(cfg: Mapping, *, folds: int = 5, seed: int = 0, out=None, config_path=
         fold_dir = out / f"fold_{k}"
         done = fold_dir / FOLD_RESULT_FILE
         if done.is_file():
-            results.append(json.loads(done.read_text(encoding="utf-8")))
+            result = json.loads(done.read_text(encoding="utf-8"))
+            if weights_from is None and not result.get("train_seconds_from_epochs"):
+                # a result written before the epoch records were summed: a resumed fold's time
+                # was its last part only
+                seconds = _epoch_seconds(fold_dir)
+                if seconds is not None:
+                    result.update(train_seconds=seconds, train_seconds_from_epochs=True)
+            results.append(result)
             if k in which:
                 logger.info("k-fold: fold %d is done already (%s)", k, done)
             continue
         if k not in which:
             continue
+        source = None if weights_from is None else Path(weights_from) / f"fold_{k}"
+        resume = None if source is not None else _resume_or_set_aside(fold_dir, k)
+        # written after any earlier partial run was moved aside, so the data lists stay where the
+        # fold's config points
         entries = pool.write_fold(parts, k, fold_dir / "data")
         fold_cfg = copy.deepcopy(cfg)
         fold_cfg["data"]["train"], fold_cfg["data"]["val"] = entries["train"], entries["val"]
-        source = None if weights_from is None else Path(weights_from) / f"fold_{k}"
-        result = _run_fold(fold_cfg, fold_dir, k, device, train, extra_hooks, source)
+        result = _run_fold(fold_cfg, fold_dir, k, device, train, extra_hooks, source, resume)
         result.update(fold=k, num_train=int(len(pool) - len(parts[k])), num_val=int(len(parts[k])))
         write_json(done, result)
         results.append(result)
@@ -198,17 +210,34 @@ def _config_difference(old, new, prefix: str = "") -> str:
     return f" (first difference: {prefix.rstrip('.')} was {old!r}, now {new!r})" if old != new else ""
 
 
-def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, source: Path | None) -> dict:
+def _resume_or_set_aside(fold_dir: Path, k: int) -> str | None:
+    """``"auto"`` when the fold has a checkpoint to continue from (``last.pth``, else the newest
+    ``epoch_N.pth``: the trainer's resume falls back past a damaged file). A fold stopped before its
+    first checkpoint left only logs: they are moved to ``fold_<k>/previous/`` here, as ``detkit train``
+    would, but before the fold's data lists are written (the trainer would move those too)."""
+    from detkit.engine.workdir import archive_previous_run, holds_a_run, resume_candidates
+
+    if resume_candidates(fold_dir):
+        return "auto"
+    if holds_a_run(fold_dir):
+        logger.warning("k-fold: fold %d stopped before its first checkpoint; its files were moved to %s",
+                       k, archive_previous_run(fold_dir))
+    return None
+
+
+def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, source: Path | None,
+              resume: str | None) -> dict:
     from detkit.evaluation.run import evaluate
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    resume = None
     if source is None:
-        resume = "auto" if (fold_dir / "last.pth").is_file() else None
         logger.info("k-fold: fold %d %s", k, "resumes" if resume else "starts")
         start = time.perf_counter()
         summary = train(cfg, work_dir=fold_dir, resume=resume, device=device, extra_hooks=extra_hooks)
-        train_seconds, epochs = time.perf_counter() - start, summary["epochs"]
+        wall, epochs = time.perf_counter() - start, summary["epochs"]
+        # a resumed fold's wall time covers its last part only; the epoch records cover every part
+        train_seconds = _epoch_seconds(fold_dir)
+        train_seconds = wall if train_seconds is None else train_seconds
         checkpoint = summary["last_checkpoint"] or fold_dir / "last.pth"
     else:
         trained = source / FOLD_RESULT_FILE
@@ -226,12 +255,36 @@ def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, sou
         "metrics": {key: metrics.get(key) for key in FOLD_KEYS},
         "diagnostics": {key: diagnostics.get("summary", {}).get(key) for key in DIAGNOSTIC_KEYS},
         "epochs": epochs,
-        "train_seconds": train_seconds,  # with weights_from: the source fold's
+        # the epochs' own times summed over every part of a resumed fold (startup, evaluation and
+        # the lost part of an interrupted epoch left out); with weights_from: the source fold's
+        "train_seconds": train_seconds,
+        "train_seconds_from_epochs": source is None and _epoch_seconds(fold_dir) is not None,
         "eval_seconds": eval_seconds,
         "resumed": resume is not None,
         # the machine may be shared: the load average says how far these times are from an idle one
         "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
     }
+
+
+def _epoch_seconds(fold_dir: Path) -> float | None:
+    """Training time of the fold from its ``metrics.jsonl`` epoch records: the sum of
+    ``epoch_time_s`` over its epochs (an epoch recorded twice, by a run that was resumed from an
+    earlier checkpoint, counts once: its last record). ``None`` without usable records."""
+    path = fold_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    times = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line a killed run left half-written
+            continue
+        if isinstance(record, dict) and record.get("type") == "epoch" and "epoch_time_s" in record:
+            times[record["epoch"]] = record["epoch_time_s"]
+    values = [float(v) for v in times.values() if isinstance(v, (int, float))]
+    if not values or len(values) != len(times) or not all(math.isfinite(v) for v in values):
+        return None
+    return float(sum(values))
 
 
 def _mean_std(values: list) -> dict:
@@ -262,12 +315,19 @@ def summarize_folds(results: Sequence[Mapping], *, folds: int, seed: int, num_im
     }
 
 
-def _git_revision() -> str | None:
-    """The detkit commit the summary was written with (``+dirty`` with uncommitted changes), if known."""
+def _git_revision(root: Path | None = None) -> str | None:
+    """The detkit commit the summary was written with (``+dirty`` with uncommitted changes), if known:
+    only when detkit runs from a git checkout of its own. A copy of the code inside some other
+    repository (an installed wheel in a project's venv, a code snapshot in a work dir) would
+    otherwise report that repository's commit."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root.resolve():
+            return None
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10)

@@ -1,27 +1,31 @@
-"""``detkit train``: build everything from a config and run the trainer.
+"""``detkit train`` and ``detkit classify train``: build everything from a config and run the trainer.
 
 :func:`train` builds the data sets (``build_dataset(cfg, "train")`` / ``"val"``), takes the class
-names from the training set, builds the detector, loaders, optimiser, schedule and hooks, resumes if
-asked, and runs the :class:`~detkit.engine.trainer.Trainer`. The run directory (``--work-dir``,
+names from the training set, builds the model (a detector, or a classifier for
+``task=CLASSIFICATION``: :mod:`detkit.tasks` holds the few things that differ), loaders, optimiser,
+schedule and hooks, resumes if asked, and runs the :class:`~detkit.engine.trainer.Trainer`. The run directory (``--work-dir``,
 default ``work_dirs/<config name>/``) receives::
 
     config.json          the resolved config actually used (CLI overrides such as --seed applied)
     train.log            the log (also printed to the console)
     metrics.jsonl        one record per logged window and per epoch (see hooks.LoggerHook)
     last.pth             the latest checkpoint; resume with --resume
-    previous/<time>/     an earlier run in the same work dir, moved aside (a new run never overwrites it)
+    previous/<time>/     an earlier run in the same work dir (any of its files), moved aside: a new
+                         run never overwrites, truncates or appends to it (see engine/workdir.py)
     epoch_N.pth          the last ``keep_last`` epoch checkpoints
     best_<metric>.pth    the best checkpoint by ``eval.save_best``
-    plots/               loss.png, map.png, lr.png, redrawn every epoch
+    plots/               loss.png, map.png (accuracy.png and confusion.png for a classifier), lr.png,
+                         redrawn every epoch
     tensorboard/         events, if tensorboard is installed
 
 The ``train`` / ``eval`` config sections (keys, defaults, checks) are defined in
 :mod:`detkit.schema` and documented in docs/training.md; :func:`train` resolves them once, before
 anything is created.
 
-Resuming: ``resume="auto"`` continues from ``last.pth`` of the work dir (or the newest
-``epoch_N.pth``); when there is none it starts from scratch with a warning, like mmengine. A path
-resumes from that file. Resuming continues exactly: with the same seed, training 2 epochs straight
+Resuming: ``resume="auto"`` continues from ``last.pth`` of the work dir, or, when it is missing or
+damaged, from the newest readable ``epoch_N.pth`` / ``best_*.pth`` (with a warning naming the damaged
+files); when there is none it starts from scratch with a warning, like mmengine. A path resumes from
+that file. Temporary files a killed save left are removed first. Resuming continues exactly: with the same seed, training 2 epochs straight
 and 1 epoch + resume + 1 epoch give the same weights (every epoch's shuffling and augmentation are
 seeded from (seed, epoch, rank), see :mod:`detkit.seeding`; the optimiser, schedule, scaler and RNG
 states are restored). Loader workers are not persistent across epochs for the same reason (a
@@ -59,10 +63,11 @@ from detkit.engine.hooks import (
 from detkit.engine.optim import build_optimizer, build_scheduler
 from detkit.engine.run_logging import run_logging
 from detkit.engine.trainer import Trainer
-from detkit.engine.workdir import archive_previous_run, find_resume
+from detkit.engine.workdir import PreparedWorkDir, load_resume, prepare_work_dir
 from detkit.errors import CheckpointError
 from detkit.schema import resolve_config
 from detkit.seeding import deterministic_mode, seed_everything
+from detkit.tasks import DETECTION, Task, check_dataset_task
 
 __all__ = ["train"]
 
@@ -71,44 +76,44 @@ logger = logging.getLogger("detkit")
 
 def train(cfg: Mapping, *, config_path=None, work_dir=None, resume=None, seed: int | None = None,
           deterministic: bool = False, device=None, amp: bool | None = None, epochs: int | None = None,
-          unsafe_load: bool = False, launcher: str = "none", extra_hooks: Sequence = ()) -> dict:
-    """Train the detector of ``cfg`` (see the module docstring).
+          unsafe_load: bool = False, launcher: str = "none", extra_hooks: Sequence = (),
+          task: Task = DETECTION) -> dict:
+    """Train the model of ``cfg``: a detector, or what ``task`` trains (see the module docstring).
 
     ``seed``, ``epochs``, ``amp`` override ``train.*``; ``resume`` is None, ``"auto"`` or a path;
     ``extra_hooks`` are added to the built-in ones (Python use). Returns a summary dict:
     ``work_dir``, ``last_checkpoint``, ``best_checkpoint``, ``best_metric``, ``best_metric_name``,
     ``best_epoch``, ``metrics`` (the last evaluation), ``epochs``.
     """
-    cfg = resolve_config(cfg, seed=seed, epochs=epochs, amp=amp)
+    cfg = resolve_config(cfg, seed=seed, epochs=epochs, amp=amp, task=task.name)
     if work_dir is None:
         name = config_name(config_path) if config_path else "run"
         work_dir = Path("work_dirs") / name
     work_dir = Path(work_dir)
     info = dist_utils.init_distributed(launcher, device)
-    archived = None
-    if info.is_main and resume is None and (work_dir / "last.pth").exists():
-        # A new run never overwrites an earlier run's checkpoints and log: they move aside first
-        # (before the log file is opened, so the new log starts fresh).
-        archived = archive_previous_run(work_dir)
     try:
+        # Before the log file is opened: a new run never appends to or overwrites an earlier run's
+        # files (they move aside), and a read-only work dir fails here, in one line.
+        prepared = prepare_work_dir(work_dir, resume) if info.is_main else None
         with run_logging(work_dir, info.rank), deterministic_mode(deterministic):
             return _train(cfg, info, work_dir, resume=resume, unsafe_load=unsafe_load,
-                          deterministic=deterministic, extra_hooks=extra_hooks, archived=archived)
+                          deterministic=deterministic, extra_hooks=extra_hooks, prepared=prepared, task=task)
     finally:
         dist_utils.destroy_distributed(info)
 
 
 def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsafe_load: bool,
-           deterministic: bool, extra_hooks: Sequence, archived: Path | None = None) -> dict:
+           deterministic: bool, extra_hooks: Sequence, prepared: PreparedWorkDir | None = None,
+           task: Task = DETECTION) -> dict:
     from detkit import __version__
     from detkit.data.builder import build_dataset, check_same_classes
     from detkit.data.loader import build_dataloader
-    from detkit.models.builder import build_detector
 
     tcfg, ecfg = cfg["train"], cfg["eval"]
     device = info.device
-    resume_path = find_resume(resume, work_dir)
-    ckpt = load_checkpoint(resume_path, unsafe=unsafe_load) if resume_path else None
+    if prepared is not None:
+        prepared.log(work_dir)
+    resume_path, ckpt = load_resume(resume, work_dir, unsafe=unsafe_load)
     if ckpt is not None and not is_full_checkpoint(ckpt):
         raise CheckpointError(
             f"--resume {resume_path}: holds model weights only, so training cannot resume from it; "
@@ -118,9 +123,6 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
         saved = ((ckpt or {}).get("config") or {}).get("train", {}).get("seed")
         tcfg["seed"] = int(saved) if saved is not None else random.SystemRandom().randrange(2**31)
     seed = tcfg["seed"]
-    if archived is not None:
-        logger.warning("%s already held a run; moved it to %s (pass --resume to continue a run instead)",
-                       work_dir, archived)
     logger.info("detkit %s, torch %s, device %s%s, seed %d%s", __version__, torch.__version__, device,
                 f", {info.world_size} processes ({info.backend})" if info.distributed else "", seed,
                 ", deterministic" if deterministic else "")
@@ -128,6 +130,7 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     seed_everything(seed)  # identical model initialisation on every rank
 
     train_set = build_dataset(cfg, "train")
+    check_dataset_task(train_set, task, "data.train")
     class_names = tuple(train_set.classes)
     if ckpt is not None and ckpt.get("class_names"):
         check_same_classes(ckpt["class_names"], class_names, f"checkpoint {resume_path}", "the training data")
@@ -135,13 +138,19 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     if tcfg["eval_interval"] > 0:
         if "val" in (cfg.get("data") or {}):
             val_set = build_dataset(cfg, "val")
+            check_dataset_task(val_set, task, "data.val")
             check_same_classes(val_set.classes, class_names, "data.val", "data.train")
         else:
             logger.warning("the config has no data.val: training without evaluation")
 
-    model = build_detector(cfg["model"], class_names)
+    model = task.build_model(cfg["model"], class_names)
     if tcfg["load_from"] and ckpt is None:
         init = load_checkpoint(tcfg["load_from"], unsafe=unsafe_load)
+        if init.get("class_names"):
+            check_same_classes(init["class_names"], class_names, f"train.load_from {tcfg['load_from']}",
+                               "the training data", hint="list data.classes in the checkpoint's order; "
+                               "for other classes start from its backbone only: "
+                               "model.backbone.pretrained=PATH")
         load_model_weights(model, init, source=str(tcfg["load_from"]))
         logger.info("initial weights from %s", tcfg["load_from"])
     model.to(device)
@@ -188,17 +197,16 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
 
         hooks.append(EMAHook(**tcfg["ema"]))
     if val_set is not None:
-        from detkit.evaluation.builder import build_evaluators
-        from detkit.evaluation.loop import build_eval_loader, coco_options, run_evaluation
+        from detkit.evaluation.loop import build_eval_loader, run_evaluation
         from detkit.evaluation.table import format_table
 
         val_loader = build_eval_loader(val_set, ecfg["batch_size"], ecfg["num_workers"], tcfg["bad_sample"])
-        evaluator = build_evaluators(ecfg["metric"], class_names, coco_options=coco_options(val_set))
+        evaluator = task.build_evaluators(ecfg["metric"], class_names, val_set)
 
         def evaluate_fn(trainer):
             model = trainer.model if trainer.eval_model is None else trainer.eval_model
             metrics = run_evaluation(model, val_loader, evaluator, device, amp=trainer.amp,
-                                     channels_last=tcfg["channels_last"],
+                                     channels_last=tcfg["channels_last"], ground_truth=task.ground_truth,
                                      desc=f"eval epoch {trainer.epochs_done}")
             if metrics is not None:
                 logger.info("evaluation after epoch %d:\n%s", trainer.epochs_done, format_table(metrics))
@@ -229,6 +237,7 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
             load_model_weights(model, {"model": ckpt["ema"]["train_model"]}, source=str(resume_path))
             logger.warning("%s was trained with train.ema; this run has none, so it continues from the "
                            "trained (not averaged) weights", resume_path)
+        trainer.last_checkpoint = resume_path
         logger.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", resume_path,
                     trainer.start_epoch, trainer.start_epoch + 1)
     trainer.train()

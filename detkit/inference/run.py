@@ -7,7 +7,9 @@ model, and a writer thread draws and encodes results. Outputs go to a fresh fold
 
 Outputs:
 * annotated images with the input's file name; annotated video with the input's name and extension
-  (``.mp4`` when the input's codec cannot be written here)
+  (``.mp4`` when the input's codec cannot be written here). Inputs sharing a stem (``x.jpg`` and
+  ``x.png``, or two ``x.jpg`` of a recursive glob) never overwrite each other's outputs: the later
+  one's are named ``x_2.png`` / ``labels/x_2.txt`` (:func:`unique_output_name`)
 * ``--save-json``: ``predictions.json`` in COCO results format (``image_id``, ``category_id``,
   ``bbox`` xywh, ``score``) plus ``file_name`` and ``category_name``; for videos also
   ``<video>.jsonl`` with one line of detections per frame
@@ -31,6 +33,7 @@ import numpy as np
 
 from detkit.errors import ConfigError, DataError
 from detkit.evaluation.coco import to_coco_results
+from detkit.inference import DEFAULT_CONF
 from detkit.jsonio import write_json
 
 log = logging.getLogger(__name__)
@@ -101,13 +104,12 @@ def parse_class_filter(classes: str | Sequence | None, class_names: Sequence[str
     return keep
 
 
-def _filter(det: dict, keep: set[int] | None) -> dict:
+def _filter(det, keep: set[int] | None):
     if keep is None:
         return det
     import torch
 
-    mask = torch.isin(det["labels"], torch.tensor(sorted(keep), dtype=det["labels"].dtype))
-    return {k: v[mask] for k, v in det.items()}
+    return det.select(torch.isin(det.labels, torch.tensor(sorted(keep), dtype=det.labels.dtype)))
 
 
 def _prefetch(iterable, size: int) -> Iterator:
@@ -179,18 +181,32 @@ def _batches(frames: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def _coco_records(det: dict, image_id: int, file_name: str, class_names, cat_ids) -> list[dict]:
+def _coco_records(det, image_id: int, file_name: str, class_names, cat_ids) -> list[dict]:
     # rounded to 1/100 px and 1e-5: a file for people and tools, not for re-scoring to the last digit
-    return to_coco_results([det], [image_id], cat_ids or None, class_names=class_names, file_names=[file_name],
-                           decimals=(2, 5))
+    return to_coco_results([det.to_dict()], [image_id], cat_ids or None, class_names=class_names,
+                           file_names=[file_name], decimals=(2, 5))
 
 
-def _txt_lines(det: dict, width: int, height: int) -> str:
+def _txt_lines(det, width: int, height: int) -> str:
     lines = []
-    for (x1, y1, x2, y2), score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+    for (x1, y1, x2, y2), score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
         cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
         lines.append(f"{label} {cx:.6f} {cy:.6f} {(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f} {score:.5f}")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def unique_output_name(name: str, used: set[str]) -> str:
+    """The output name of an input image: its own name unless an earlier input's outputs took the
+    stem (``x.jpg`` and ``x.png`` both make ``labels/x.txt``; two ``x.jpg`` of a recursive glob),
+    then ``<stem>_2<suffix>``, ``_3``... Stems are compared case-insensitively, as macOS and Windows
+    file systems do. ``used`` collects the stems taken."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    out, n = name, 2
+    while Path(out).stem.lower() in used:
+        out = f"{stem}_{n}{suffix}"
+        n += 1
+    used.add(Path(out).stem.lower())
+    return out
 
 
 def _imwrite(path: Path, rgb: np.ndarray) -> None:
@@ -239,23 +255,25 @@ def _show(window: str, rgb: np.ndarray) -> bool:
         return False
 
 
-def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, classes=None, device=None,
+def infer(cfg, checkpoint, source: str, *, conf=DEFAULT_CONF, iou=None, max_det=None, classes=None, device=None,
           batch_size: int = 8, out_dir=None, exist_ok=False, save_vis=True, save_json=False, save_txt=False,
-          show=False, unsafe_load=False, predictor=None, progress: bool | None = None) -> InferResult:
-    """Run inference on ``source`` and write the requested outputs. Returns an :class:`InferResult`."""
+          show=False, unsafe_load=False, predictor=None, progress: bool | None = None,
+          overrides=()) -> InferResult:
+    """Run the model file ``checkpoint`` (with ``cfg`` instead of its own config, if not ``None``) on
+    ``source`` and write the requested outputs. Returns an :class:`InferResult`."""
     import sys
 
     from tqdm import tqdm
 
-    from detkit.draw import draw_detections
     from detkit.inference.predictor import Predictor
     from detkit.inference.sources import open_source
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     if predictor is None:
-        predictor = Predictor(cfg, checkpoint, device=device, conf=conf, iou=iou, max_det=max_det,
-                              unsafe_load=unsafe_load)
+        args = (checkpoint,) if cfg is None else (cfg, checkpoint)
+        predictor = Predictor(*args, device=device, conf=conf, iou=iou, max_det=max_det, unsafe_load=unsafe_load,
+                              overrides=overrides)
     class_names = predictor.class_names
     keep = parse_class_filter(classes, class_names)
     cat_ids = predictor.cfg.get("infer", {}).get("cat_ids") if isinstance(predictor.cfg.get("infer"), dict) else None
@@ -288,7 +306,7 @@ def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, cl
             detections = predictor.predict([f.image for f in batch])
             for frame, det in zip(batch, detections):
                 det = _filter(det, keep)
-                result.detections += len(det["scores"])
+                result.detections += len(det)
                 if is_video:
                     result.frames += 1
                 else:
@@ -299,22 +317,15 @@ def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, cl
                     line = {"frame": frame.index, "detections": _coco_records(det, frame.index, frame.name,
                                                                               class_names, cat_ids)}
                     writer.submit(lambda f=jsonl, s=json.dumps(line): f.write(s + "\n"))
-                out_name = frame.name
-                if not is_video:
-                    stem, suffix = Path(frame.name).stem, Path(frame.name).suffix
-                    n = 2
-                    while out_name in used_names:  # two inputs with one name (a recursive glob)
-                        out_name = f"{stem}_{n}{suffix}"
-                        n += 1
-                    used_names.add(out_name)
+                out_name = frame.name if is_video else unique_output_name(frame.name, used_names)
                 if save_txt:
                     h, w = frame.image.shape[:2]
                     (out / "labels").mkdir(exist_ok=True)
                     txt_path = out / "labels" / f"{Path(out_name).stem}.txt"
                     writer.submit(lambda p=txt_path, t=_txt_lines(det, w, h): p.write_text(t))
                 if save_vis or show_ok:
-                    def job(frame=frame, det=det, out_name=out_name):
-                        drawn = draw_detections(frame.image, det, class_names)
+                    def job(det=det, out_name=out_name):
+                        drawn = det.plot()
                         if video_writer is not None:
                             import cv2
 

@@ -1,4 +1,4 @@
-"""Build a detector from the ``model`` section of a config."""
+"""Build a model from the ``model`` section of a config: a detector, or a classifier (``detkit classify``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from collections.abc import Mapping, Sequence
 from detkit import registry
 from detkit.errors import ConfigError
 
+__all__ = ["build_model", "build_detector"]
 
-def build_detector(model_cfg: dict, class_names: Sequence[str], *, pretrained: bool = True):
-    """Build ``model_cfg`` (``dict(type='yolov1', backbone=..., head=..., ...)``).
+
+def build_model(model_cfg: dict, class_names: Sequence[str], *, group: str = "detectors", pretrained: bool = True):
+    """Build ``model_cfg`` (``dict(type='yolov1', backbone=..., head=..., ...)``) from the registry
+    ``group`` (``"detectors"``, or ``"classifiers"`` for ``detkit classify``).
 
     The number of classes is never written in the model config: it follows from ``class_names``
     (the data config's class list, or the list stored in a checkpoint), so changing the data to a
@@ -25,6 +28,11 @@ def build_detector(model_cfg: dict, class_names: Sequence[str], *, pretrained: b
     if not pretrained and isinstance(backbone, Mapping) and backbone.get("pretrained") is not None:
         model_cfg = {**model_cfg, "backbone": {**backbone, "pretrained": None}}
     return registry.build(
-        "detectors", model_cfg, path="model",
+        group, model_cfg, path="model",
         num_classes=len(class_names), class_names=tuple(class_names),
     )
+
+
+def build_detector(model_cfg: dict, class_names: Sequence[str], *, pretrained: bool = True):
+    """Build the detector of ``model_cfg`` (:func:`build_model` in the ``detectors`` group)."""
+    return build_model(model_cfg, class_names, group="detectors", pretrained=pretrained)

@@ -30,7 +30,11 @@ def clip_boxes(boxes: Tensor, size_hw: Sequence[float]) -> Tensor:
     if len(size_hw) != 2:
         raise ValueError(f"clip_boxes: size_hw must be (height, width), got {size_hw!r}")
     height, width = (float(v) for v in size_hw)
-    return torchvision.ops.clip_boxes_to_image(boxes, (height, width))
+    # torchvision.ops.clip_boxes_to_image's arithmetic, without its tracing branch, which
+    # torch.export's ONNX decomposition cannot take (clamp with a tensor bound).
+    x = boxes[..., 0::2].clamp(min=0.0, max=width)
+    y = boxes[..., 1::2].clamp(min=0.0, max=height)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
 class BoxCoder:

@@ -1,7 +1,7 @@
 """Finding components: one registry per group over Python package entry points.
 
-Every component (backbone, head, loss, postprocessor, detector, dataset, proposal generator) is found
-through an entry point in the group ``detkit.<group>``. detkit declares its own components in its
+Every component (backbone, head, loss, postprocessor, detector, classifier, dataset, proposal
+generator) is found through an entry point in the group ``detkit.<group>``. detkit declares its own components in its
 ``setup.cfg`` exactly as a third-party package would, so a plugin is just another distribution.
 
 * Listing names reads package metadata only; a component's module is imported the first time it is
@@ -29,7 +29,7 @@ from detkit.errors import DuplicateComponentError, PluginLoadError, RegistryErro
 
 __all__ = ["GROUPS", "ComponentInfo", "available", "get", "register", "unregister", "components", "refresh"]
 
-GROUPS = ("backbones", "heads", "losses", "postprocessors", "detectors", "datasets", "proposals")
+GROUPS = ("backbones", "heads", "losses", "postprocessors", "detectors", "classifiers", "datasets", "proposals")
 ENTRY_POINT_PREFIX = "detkit."
 DISABLE_ENV = "DETKIT_DISABLE_PLUGINS"
 CORE_DISTRIBUTION = "detkit"
@@ -41,6 +41,7 @@ _SINGULAR = {
     "losses": "loss",
     "postprocessors": "postprocessor",
     "detectors": "detector",
+    "classifiers": "classifier",
     "datasets": "dataset",
     "proposals": "proposal generator",
 }
