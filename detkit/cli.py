@@ -381,21 +381,26 @@ def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, 
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="all",
               show_default=True)
 @click.option("--workers", type=int, default=None, help="Parallel readers (default: CPU count).")
+@click.option("--no-cache", is_flag=True, help="Decode every image again (ignore the verification cache).")
 @set_option
 @_friendly_errors
-def check_data(config_file, split, workers, overrides):
-    """Read every sample of the config's data once and report counts and problems."""
+def check_data(config_file, split, workers, no_cache, overrides):
+    """Read every sample of the config's data once and report counts and problems.
+
+    Runs the verification pass training runs when it builds the data (same report); exit status 1
+    when a sample would be excluded from training or a split cannot be built.
+    """
     from detkit.data.check import check_data as run_check
 
     cfg = _load(config_file, overrides)
-    fatal = run_check(cfg, split=split, workers=workers)
+    fatal = run_check(cfg, split=split, workers=workers, cache=not no_cache)
     sys.exit(1 if fatal else 0)
 
 
 # ----------------------------------------------------------------------------------------------
 @main.group()
 def data():
-    """Data set tools: synthetic data, conversion, browsing."""
+    """Data set tools: download, synthetic data, conversion, browsing."""
 
 
 @data.command("make-shapes")
@@ -428,6 +433,47 @@ def voc2coco(root, out, split, classes):
 
     names = [c.strip() for c in classes.split(",")] if classes else None
     click.echo(voc_to_coco(root, out, split=split, classes=names))
+
+
+@data.command("convert")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--to", "to", type=click.Choice(["voc", "coco", "yolo"]), required=True, help="Layout to write.")
+@click.option("--from", "src_format", type=click.Choice(["voc", "coco", "yolo"]), default=None,
+              help="Layout of SRC (default: recognised from its files).")
+@click.option("--split", "splits", multiple=True, help="Splits to convert (repeat; default: train and val).")
+@click.option("--classes", default=None, help="Comma-separated class names (default: the source's own).")
+@click.option("--img-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Image folder of a COCO JSON given as SRC.")
+@click.option("--images", type=click.Choice(["link", "copy", "symlink"]), default="link", show_default=True,
+              help="How images get into OUT (link: hard link, copied when that is impossible).")
+@_friendly_errors
+def data_convert(src, out, to, src_format, splits, classes, img_dir, images):
+    """Convert the data set SRC (VOC folder, COCO folder or JSON, YOLO data.yaml) to another layout in OUT."""
+    from detkit.data.convert import convert
+
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    click.echo(convert(src, out, to=to, src_format=src_format, splits=splits or ("train", "val"), classes=names,
+                       img_dir=img_dir, images=images))
+
+
+@data.command("get")
+@click.argument("name", required=False)
+@click.option("--dir", "dest", type=click.Path(file_okay=False), default=None,
+              help="Data folder to fill (default: $DETKIT_DATA, else data/ of this clone).")
+@click.option("--list", "show_list", is_flag=True, help="List the known data sets.")
+@click.option("--mirror", default=None, metavar="URL", help="Fetch each file as URL/<file name> instead.")
+@click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives (in DIR/.downloads/).")
+@click.option("--force", is_flag=True, help="Fetch again even if the data set is in place.")
+@_friendly_errors
+def data_get(name, dest, show_list, mirror, keep_archives, force):
+    """Download the public data set NAME, check it and lay it out the way detkit reads it."""
+    from detkit.data.fetch import fetch, format_table
+
+    if show_list or not name:
+        click.echo(format_table())
+        return
+    click.echo(fetch(name, dest, mirror=mirror, keep_archives=keep_archives, force=force))
 
 
 @data.command("show")

@@ -273,5 +273,8 @@ def build_pool(cfg: Mapping) -> Pool:
     # Transforms are not needed to list the images (and a crop pipeline need not be built twice).
     bare = {**cfg, "data": {**data, **{r: {k: v for k, v in c.items() if k != "transforms"}
                                          for r, c in role_cfgs.items()}}}
-    datasets = {role: build_dataset(bare, role) for role in ROLES}
+    # The pool lists what the annotations name; each fold's own data sets are verified when the fold
+    # trains and evaluates (unusable images excluded and reported there). Verifying here too would
+    # make the fold plan, which a resumed experiment must match, depend on the verification.
+    datasets = {role: build_dataset(bare, role, verify=False) for role in ROLES}
     return pool_from_datasets(datasets, role_cfgs)

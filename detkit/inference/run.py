@@ -278,7 +278,7 @@ def infer(cfg, checkpoint, source: str, *, conf=DEFAULT_CONF, iou=None, max_det=
     keep = parse_class_filter(classes, class_names)
     cat_ids = predictor.cfg.get("infer", {}).get("cat_ids") if isinstance(predictor.cfg.get("infer"), dict) else None
 
-    src = open_source(source)  # fails clearly before an output folder is created
+    src = open_source(source, max_pixels=predictor.max_image_pixels)  # fails clearly before an output folder exists
     out = resolve_out_dir(out_dir, exist_ok)
     result = InferResult(out_dir=out)
     is_video = src.kind in ("video", "webcam")
