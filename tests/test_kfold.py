@@ -167,6 +167,7 @@ def test_kfold_runs_summarises_and_resumes_per_fold(shapes, tmp_path, monkeypatc
                                                                    "score_threshold": 0.5}}}
     rescored = kfold(strict, folds=3, seed=0, out=tmp_path / "rescored", device="cpu", weights_from=out)
     assert calls == [] and rescored["folds_done"] == [0, 1, 2]
+    assert rescored["train_minutes"]["values"] == again["train_minutes"]["values"]  # the source's training
     assert rescored["metrics"]["coco_ar100"]["mean"] <= summary["metrics"]["coco_ar100"]["mean"]
     with pytest.raises(ConfigError, match="its folds differ"):
         kfold(strict, folds=3, seed=1, out=tmp_path / "other", device="cpu", weights_from=out)

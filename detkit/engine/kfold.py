@@ -97,10 +97,11 @@ def kfold(cfg: Mapping, *, folds: int = 5, seed: int = 0, out=None, config_path=
         done = fold_dir / FOLD_RESULT_FILE
         if done.is_file():
             result = json.loads(done.read_text(encoding="utf-8"))
-            if weights_from is None and not result.get("train_seconds_from_epochs"):
+            if not result.get("train_seconds_from_epochs"):
                 # a result written before the epoch records were summed: a resumed fold's time
                 # was its last part only
-                seconds = _epoch_seconds(fold_dir)
+                trained_in = fold_dir if weights_from is None else Path(weights_from) / f"fold_{k}"
+                seconds = _epoch_seconds(trained_in)
                 if seconds is not None:
                     result.update(train_seconds=seconds, train_seconds_from_epochs=True)
             results.append(result)
@@ -245,6 +246,7 @@ def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, sou
             raise ConfigError(f"--weights-from: fold {k} of {source.parent} is not finished (no {trained.name})")
         trained = json.loads(trained.read_text(encoding="utf-8"))
         train_seconds, epochs, checkpoint = trained["train_seconds"], trained["epochs"], source / "last.pth"
+        train_seconds = _epoch_seconds(source) or train_seconds
         logger.info("k-fold: fold %d evaluates the weights of %s", k, checkpoint)
     start = time.perf_counter()
     metrics = evaluate(cfg, checkpoint, metric="all", device=device, metrics_out=fold_dir / "eval_metrics.json",
@@ -258,7 +260,7 @@ def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, sou
         # the epochs' own times summed over every part of a resumed fold (startup, evaluation and
         # the lost part of an interrupted epoch left out); with weights_from: the source fold's
         "train_seconds": train_seconds,
-        "train_seconds_from_epochs": source is None and _epoch_seconds(fold_dir) is not None,
+        "train_seconds_from_epochs": _epoch_seconds(fold_dir if source is None else source) is not None,
         "eval_seconds": eval_seconds,
         "resumed": resume is not None,
         # the machine may be shared: the load average says how far these times are from an idle one
