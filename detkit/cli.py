@@ -376,6 +376,49 @@ def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, 
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; the API has no authentication).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True,
+              help="Images per forward pass at most (1: no batching).")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="How long a request waits for others to share its forward pass.")
+@click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True,
+              help="Requests accepted at once per worker; more are answered 503 with Retry-After.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Server processes, each loading its own copy of the model (memory x N).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Intra-op threads per worker (default: torch's; CPUs / workers with --workers).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--conf", type=click.FloatRange(0, 1), default=DEFAULT_CONF, show_default=True,
+              help="Score threshold of requests that give no conf=.")
+@click.option("--iou", type=click.FloatRange(0, 1), default=None, help="NMS IoU of requests that give no iou=.")
+@click.option("--max-det", type=click.IntRange(1), default=None, help="Detections per image of requests that give no max_det=.")
+@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+              help="Larger request bodies are answered 413.")
+@click.option("--max-pixels", type=click.IntRange(0), default=None,
+              help="Images with more pixels are answered 422 before decoding (default: the model config's "
+                   "data.max_image_pixels, else $DETKIT_MAX_IMAGE_PIXELS, else Pillow's 89,478,485; 0: no limit).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@unsafe_load_option
+@_friendly_errors
+def serve(model, host, port, workers, log_level, **options):
+    """Serve MODEL (a checkpoint, .onnx or TorchScript file) over HTTP: POST /v1/detect, GET /v1/model,
+    /healthz, /readyz, /metrics, and a page to try it at /. Concurrent requests share forward passes
+    (dynamic batching). Needs the serve extra: pip install 'detkit[serve]'."""
+    from detkit.serve import require_serve_extra
+
+    require_serve_extra()  # before importing the app: a one-line hint instead of an ImportError
+    from detkit.serve.app import ServeOptions
+    from detkit.serve.run import serve as run_serve
+
+    run_serve(ServeOptions(model=model, **options), host=host, port=port, workers=workers, log_level=log_level,
+              announce=click.echo)
+
+
 @main.command("check-data")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="all",

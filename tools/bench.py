@@ -10,6 +10,7 @@
     python tools/bench.py infer      # end-to-end infer vs model forward alone
     python tools/bench.py rcnn       # R-CNN roi vs warp mode, proposal generators
     python tools/bench.py export     # eager PyTorch vs TorchScript vs ONNX Runtime (+ bf16, int8), file sizes
+    python tools/bench.py serve      # detkit serve over loopback HTTP: --max-batch 8 vs 1 at concurrency 1, 4, 16
     python tools/bench.py all
 
     python tools/bench.py SUITE --record [options]   # also keep the headline figures in docs/benchmarks/SUITE.json
@@ -19,7 +20,8 @@
 The README's benchmark table is rendered from the committed records only (``tests/test_readme_tables.py``
 checks it), so every figure in it names the command that measured it. A suite may also return a
 detailed table for a README section of its own (``section`` and ``table`` in its record: the
-``export-bench`` table of the README's "Deploy" section).
+``export-bench`` table of the README's "Deploy" section, ``serve-bench`` of "Serve"), and a ``note``
+on the conditions (printed after the command).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_sections import REPO, load_records, update_section, write_record  # noqa: E402
 
-SUITES = ("nms", "backbones", "data", "data-scale", "train", "eval", "infer", "rcnn", "export")
+SUITES = ("nms", "backbones", "data", "data-scale", "train", "eval", "infer", "rcnn", "export", "serve")
 RECORDS = REPO / "docs" / "benchmarks"
 
 
@@ -46,11 +48,7 @@ def render_table(records: dict[str, dict]) -> str:
 
     lines = ["| suite | what | measured | recorded with |", "|---|---|---|---|"]
     for _, record in sorted(records.items(), key=order):
-        source = f"`{record['command']}`, {record['date']}"
-        if record.get("load_average") is not None:
-            source += f", load average {record['load_average']:.1f} on {record['cpus']} CPUs"
-        if record.get("note"):
-            source += f" ({record['note']})"
+        source = _source(record)
         for what, measured in record["rows"]:
             lines.append(f"| {record['suite']} | {what} | {measured} | {source} |")
     return "\n".join(lines)
@@ -59,14 +57,18 @@ def render_table(records: dict[str, dict]) -> str:
 def render_sections(records: dict[str, dict]) -> dict[str, str]:
     """The README sections that records bring their own table for (``section``, ``table``), each
     followed by the command and date that measured it."""
-    sections = {}
-    for record in records.values():
-        if record.get("section"):
-            source = f"`{record['command']}`, {record['date']}"
-            if record.get("load_average") is not None:
-                source += f", load average {record['load_average']:.1f} on {record['cpus']} CPUs"
-            sections[record["section"]] = f"{record['table']}\n\nMeasured by {source}."
-    return sections
+    return {record["section"]: f"{record['table']}\n\nMeasured by {_source(record)}."
+            for record in records.values() if record.get("section")}
+
+
+def _source(record: dict) -> str:
+    """The command and date of a record, the machine's load then and its note."""
+    source = f"`{record['command']}`, {record['date']}"
+    if record.get("load_average") is not None:
+        source += f", load average {record['load_average']:.1f} on {record['cpus']} CPUs"
+    if record.get("note"):
+        source += f" ({record['note']})"
+    return source
 
 
 def _environment() -> dict:
@@ -124,8 +126,8 @@ def main(argv: list[str]) -> int:
         rows = module.main(rest)
         environment = _environment() if record_as is not None else {}  # after main: its --threads apply
         extra = {}
-        if isinstance(rows, dict):  # rows plus a README section of the suite's own
-            extra = {"section": rows["section"], "table": rows["table"]}
+        if isinstance(rows, dict):  # rows plus a README section of the suite's own, and a note
+            extra = {key: rows[key] for key in ("section", "table", "note") if key in rows}
             rows = rows["rows"]
         if record_as is not None and rows:
             path = RECORDS / f"{record_as or name}.json"

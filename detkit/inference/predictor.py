@@ -50,12 +50,13 @@ class Predictor:
     below it -- ``None`` keeps what the model's postprocessor returns; ``iou`` and ``max_det``
     override the postprocessor's NMS IoU and detections per image (see
     :func:`detkit.deploy.backends.load_model`). ``unsafe_load=True`` allows checkpoints that need
-    pickle (only files you trust); ``overrides`` are ``--set`` items applied to the config.
+    pickle (only files you trust); ``overrides`` are ``--set`` items applied to the config;
+    ``threads``: ONNX Runtime's intra-op threads.
     """
 
     def __init__(self, model, checkpoint=None, device=None, *, conf: float | None = DEFAULT_CONF,
                  iou: float | None = None, max_det: int | None = None, unsafe_load: bool = False,
-                 overrides: Sequence[str] = ()):
+                 overrides: Sequence[str] = (), threads: int | None = None):
         from detkit.data.builder import data_max_pixels
         from detkit.data.transforms import build_transforms
         from detkit.deploy.backends import load_model
@@ -68,7 +69,7 @@ class Predictor:
         else:
             config = model
         loaded = load_model(checkpoint, config, device=device, conf=conf, iou=iou, max_det=max_det,
-                            unsafe_load=unsafe_load, overrides=overrides)
+                            unsafe_load=unsafe_load, overrides=overrides, threads=threads)
         self.loaded = loaded
         self.model = loaded.model
         self.cfg = loaded.cfg
@@ -83,31 +84,38 @@ class Predictor:
         """Resize/letterbox RGB uint8 images into one batch; returns ``(batch, metas)``: one image
         meta per image (the detector maps its boxes back with it), naming the file when a path is
         given (for messages and proposal files keyed by file name)."""
+        prepared = [self.prepare(image, path) for image, path in zip(images, paths or [None] * len(images))]
+        return self.collate([tensor for tensor, _ in prepared]), [meta for _, meta in prepared]
+
+    def prepare(self, image: np.ndarray, path: str | None = None) -> tuple[torch.Tensor, dict]:
+        """One RGB uint8 image through the evaluation pipeline: ``(tensor [3, H, W] in 0..1, meta)``.
+        The half of :meth:`preprocess` that can run per image, on any thread (``detkit serve``
+        prepares each request as it arrives and batches them later with :meth:`collate`)."""
         from detkit.data.base import to_tensors
         from detkit.structures import identity_meta
 
-        tensors, metas = [], []
-        for image, path in zip(images, paths or [None] * len(images)):
-            h, w = image.shape[:2]
-            meta = identity_meta(h, w)
-            if path is not None:
-                meta.update(file_name=Path(path).name, path=str(path))
-            sample = {
-                "image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
-                "difficult": np.zeros(0, bool), "iscrowd": np.zeros(0, bool), "image_id": 0, "meta": meta,
-            }
-            tensor, target = to_tensors(self.transforms(sample))
-            tensors.append(tensor)
-            metas.append(target["meta"])
+        h, w = image.shape[:2]
+        meta = identity_meta(h, w)
+        if path is not None:
+            meta.update(file_name=Path(path).name, path=str(path))
+        sample = {
+            "image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+            "difficult": np.zeros(0, bool), "iscrowd": np.zeros(0, bool), "image_id": 0, "meta": meta,
+        }
+        tensor, target = to_tensors(self.transforms(sample))
+        return tensor, target["meta"]
+
+    def collate(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Prepared images as one batch on the model's device."""
         sizes = {tuple(t.shape) for t in tensors}
         if len(sizes) > 1:  # only when the pipeline does not fix the size; pad bottom/right
             hmax = max(t.shape[1] for t in tensors)
             wmax = max(t.shape[2] for t in tensors)
             tensors = [torch.nn.functional.pad(t, (0, wmax - t.shape[2], 0, hmax - t.shape[1])) for t in tensors]
-        batch = torch.stack(tensors)
+        batch = torch.stack(list(tensors))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch, metas
+        return batch
 
     @torch.inference_mode()
     def predict(self, images) -> list[Result]:
@@ -122,10 +130,7 @@ class Predictor:
         batch, metas = self.preprocess(arrays, paths)
         results = []
         for det, image, path in zip(self.model(batch, metas=metas), arrays, paths):
-            result = Result.from_detections(det, self.class_names, image, path)
-            if self.conf is not None:
-                result = result.select(result.scores >= self.conf)
-            results.append(result)
+            results.append(Result.from_detections(det, self.class_names, image, path).filter(self.conf))
         return results
 
     __call__ = predict

@@ -13,7 +13,7 @@ docs/architecture.md, which :meth:`Result.to_dict` returns as the plain dict.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +52,23 @@ class Result:
         """The detections where the boolean mask (or index tensor) ``keep`` says so."""
         return Result(self.boxes[keep], self.scores[keep], self.labels[keep], self.class_names, self.image,
                       self.path)
+
+    def filter(self, conf: float | None = None, max_det: int | None = None,
+               classes: Collection[int] | None = None) -> Result:
+        """The detections scoring at least ``conf``, the ``max_det`` best of those, then only those
+        whose label is in ``classes`` -- the order ``detkit infer`` applies ``--conf``, ``--max-det``
+        (the postprocessor's) and ``--classes``. Taking the best ``max_det`` of a longer list by score
+        equals a postprocessor run with ``max_per_image=max_det``, and a score threshold equals one
+        applied before NMS (a lower-scoring box never suppresses a higher one), so ``detkit serve``
+        runs a batch once with its loosest settings and filters per request with this."""
+        keep = torch.argsort(self.scores, descending=True, stable=True)
+        if conf is not None:
+            keep = keep[self.scores[keep] >= conf]
+        if max_det is not None:
+            keep = keep[:max_det]
+        if classes is not None:
+            keep = keep[torch.isin(self.labels[keep], torch.tensor(sorted(classes), dtype=self.labels.dtype))]
+        return self.select(keep)
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """``dict(boxes, scores, labels)``: the detections contract."""

@@ -85,8 +85,10 @@ def resolve_out_dir(out_dir: str | None, exist_ok: bool) -> Path:
             n += 1
 
 
-def parse_class_filter(classes: str | Sequence | None, class_names: Sequence[str]) -> set[int] | None:
-    """``"cat,dog"`` or ``"0,3"`` → label indices; an unknown name is an error listing the classes."""
+def parse_class_filter(classes: str | Sequence | None, class_names: Sequence[str],
+                       option: str = "--classes") -> set[int] | None:
+    """``"cat,dog"`` or ``"0,3"`` → label indices; an unknown name is an error listing the classes.
+    ``option`` names the setting in messages (``detkit serve`` says ``classes``)."""
     if classes is None or classes == "":
         return None
     items = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
@@ -95,21 +97,17 @@ def parse_class_filter(classes: str | Sequence | None, class_names: Sequence[str
         if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
             idx = int(item)
             if not 0 <= idx < len(class_names):
-                raise ConfigError(f"--classes: {idx} is not a class index (0..{len(class_names) - 1})")
+                raise ConfigError(f"{option}: {idx} is not a class index (0..{len(class_names) - 1})")
             keep.add(idx)
         elif item in class_names:
             keep.add(class_names.index(item))
         else:
-            raise ConfigError(f"--classes: unknown class '{item}'; classes are: {', '.join(class_names)}")
+            raise ConfigError(f"{option}: unknown class '{item}'; classes are: {', '.join(class_names)}")
     return keep
 
 
 def _filter(det, keep: set[int] | None):
-    if keep is None:
-        return det
-    import torch
-
-    return det.select(torch.isin(det.labels, torch.tensor(sorted(keep), dtype=det.labels.dtype)))
+    return det if keep is None else det.filter(classes=keep)
 
 
 def _prefetch(iterable, size: int) -> Iterator:

@@ -30,6 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {"demo": "configs/yolov1_shapes.py", "voc448": "configs/yolov1_voc.py"}
+SHAPES_CLASSES = ["circle", "square", "triangle", "star", "cross"]
+VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
 
 
 def _checkpoint(config: Path, out: Path, class_names) -> Path:
@@ -142,9 +145,7 @@ def main(argv: list[str]):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = ["circle", "square", "triangle", "star", "cross"]
-    voc = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-           "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+    shapes, voc = SHAPES_CLASSES, VOC_CLASSES
     results, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
