@@ -249,12 +249,17 @@ def _restore_truncated_jpeg(data: bytes, name: str) -> np.ndarray:
 
 _warned_lock = threading.Lock()
 _warned: set[str] = set()
+# A long-running process (detkit serve) sees an unbounded number of names: forget them past this many
+# (a data set's restored files are far fewer, so training still warns once per file).
+_WARNED_LIMIT = 10_000
 
 
 def _warn_restored(name: str, problem: str) -> None:
     with _warned_lock:  # once per file and process: training reads a file every epoch
         if name in _warned:
             return
+        if len(_warned) >= _WARNED_LIMIT:
+            _warned.clear()
         _warned.add(name)
     logger.warning("%s: %s; restored: decoded the part that is there (the rest is grey)", name, problem)
 
