@@ -250,11 +250,45 @@ def _split_model_args(args: tuple[str, ...], tail: tuple[str, ...], usage: str) 
               help="Score threshold of the confusion matrix, counts and mosaics (default eval.plot_score_thr).")
 @click.option("--iou-thr", type=float, default=None,
               help="IoU a match must exceed in the confusion matrix and counts (default eval.plot_iou_thr).")
+@click.option("--diagnostics-out", type=click.Path(dir_okay=False), default=None,
+              help="Write the box-fit diagnostics (IoU of matched boxes, size ratios, centre offsets, AP by "
+                   "object size and by objects per image) as JSON here; they are printed either way.")
 @_eval_options
 def eval_cmd(args, overrides, data_config, plots, **options):
     """Evaluate MODEL (a checkpoint, .onnx or TorchScript file) on a split of its data and print VOC /
     COCO metrics. CONFIG replaces the config a checkpoint stores; --data CONFIG takes only the data."""
     _run_eval("detection", args, overrides, data_config, plots=True if plots == "auto" else plots, **options)
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--folds", type=int, default=5, show_default=True, help="Number of folds K.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the fold assignment (training uses train.seed; --set train.seed=N changes it).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default work_dirs/<config name>_kfold<K>).")
+@click.option("--fold", "only", type=int, multiple=True,
+              help="Run only this fold (repeatable); the summary covers every fold done so far.")
+@click.option("--weights-from", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Evaluate the fold weights of this earlier kfold run (same folds) instead of training: "
+                   "test-time settings such as the NMS threshold.")
+@click.option("--device", default=None)
+@set_option
+@_friendly_errors
+def kfold(config_file, folds, seed, out_dir, only, weights_from, device, overrides):
+    """Train and evaluate CONFIG_FILE on K folds of its pooled train + val images; print mean ± std.
+
+    Resumable: finished folds are kept, an interrupted fold resumes from its last checkpoint."""
+    import shlex
+
+    from detkit.engine.kfold import kfold as run_kfold
+
+    cfg = _load(config_file, overrides)
+    command = shlex.join(["detkit", "kfold", config_file, "--folds", str(folds), "--seed", str(seed)]
+                         + (["--weights-from", weights_from] if weights_from else [])
+                         + (["--set", *overrides] if overrides else []))
+    run_kfold(cfg, folds=folds, seed=seed, out=out_dir, config_path=config_file, device=device,
+              folds_to_run=only, command=command, weights_from=weights_from)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -102,6 +102,22 @@ def _fraction(upper_open: bool):
     return check
 
 
+def _ema(value, path):
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected None or dict(decay=..., tau=...), got {value!r}")
+    check_keys(value, ("decay", "tau"), path)
+
+
+def _multi_scale(value, path):
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected None or dict(scale=(low, high), divisor=32, interval=1), got {value!r}")
+    check_keys(value, ("scale", "divisor", "interval"), path)
+
+
 # -- the sections ---------------------------------------------------------------------------------
 # Documented in docs/training.md ("The train and eval sections"); keep the two in step.
 
@@ -130,6 +146,10 @@ TRAIN_KEYS = {
     "find_unused_parameters": Key(False, _boolean),
     # experiment trackers (detkit.engine.loggers): names or dict(type=NAME, **options)
     "loggers": Key(["tensorboard"], _loggers),
+
+
+    "ema": Key(None, _ema),  # dict(decay=, tau=): average of the weights (engine/ema.py); None: off
+    "multi_scale": Key(None, _multi_scale),  # dict(scale=, divisor=, interval=): data/multiscale.py; None: off
 }
 EVAL_KEYS = {
     # metric and save_best: the detection defaults here; a classification run's come from

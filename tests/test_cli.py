@@ -89,7 +89,8 @@ OTHER_VALUES = {
                   scheduler=dict(type="cosine"), grad_clip=5.0, accumulate=2, amp=True, amp_dtype="fp16",
                   channels_last=True, compile=True, sync_bn=True, log_interval=1, checkpoint_interval=2,
                   keep_last=-1, eval_interval=0, nan_policy="skip", load_from="init.pth", bad_sample="skip",
-                  find_unused_parameters=True, loggers=["mlflow", {"type": "wandb", "mode": "offline"}]),
+                  find_unused_parameters=True, loggers=["mlflow", {"type": "wandb", "mode": "offline"}],
+                  ema=dict(decay=0.99, tau=50.0), multi_scale=dict(scale=[0.5, 1.5], divisor=16, interval=2)),
     "eval": dict(metric=["coco"], batch_size=2, num_workers=1, save_best="coco_ap", plots=False,
                  plot_score_thr=0.5, plot_iou_thr=0.75),
 }

@@ -106,6 +106,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
             transforms = build_transforms(transforms)
         self.transforms = transforms
+        if callable(getattr(transforms, "bind_dataset", None)):
+            transforms.bind_dataset(self)  # Mosaic draws its other images from this data set
 
     @property
     def num_classes(self) -> int:

@@ -36,6 +36,19 @@ uniform scale in [0.8, 1.2] and a shift of up to ±20% per axis) and "randomly a
 and saturation of the image by up to a factor of 1.5 in the HSV color space" (:class:`RandomHSVGain`,
 darknet's multiplicative ``rand_scale``), plus a horizontal flip with p=0.5 as darknet does.
 
+Augmentations detkit adds to albumentations' (usable by name in ``augment``, like any of theirs):
+
+* :class:`RandomHSVGain` (the YOLOv1 preset's colour jitter, above);
+* :class:`MinIoURandomCrop`: SSD's random crop (Liu et al. 2016; mmdetection's ``MinIoURandomCrop``):
+  a random window of 30-100% of each side whose IoU with every object reaches a randomly chosen
+  minimum (0.1 ... 0.9, or the whole image); box-aware filtering keeps only the objects whose centre
+  lies in the window (clipped to it), so a kept box still frames most of its object and a box whose
+  object was mostly cut away is dropped rather than left on a sliver;
+* ``Mosaic`` (albumentations' ``A.Mosaic``, as ultralytics and YOLOX train): a 2x2 grid of this image
+  and three others of the same data set, cropped at a random centre. The data set binds itself to
+  its transforms (:meth:`DetectionTransforms.bind_dataset`), so the other images, their boxes and
+  labels come from it; each box keeps its own label, ``difficult`` and ``iscrowd``.
+
 Randomness comes from albumentations' own generators (not numpy's global state);
 :meth:`DetectionTransforms.set_random_seed` reseeds them. The data loader's ``worker_init_fn`` calls
 it in each worker so workers do not repeat each other's augmentations.
@@ -45,21 +58,27 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
+from albumentations.augmentations.crops import functional as fcrops
+from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.core.composition import BaseCompose
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 
-from detkit.errors import ConfigError
+from detkit.errors import ConfigError, DetkitError
 
-__all__ = ["build_transforms", "DetectionTransforms", "RandomHSVGain", "build_albumentation", "PRESETS"]
+__all__ = ["build_transforms", "DetectionTransforms", "RandomHSVGain", "MinIoURandomCrop", "build_albumentation",
+           "PRESETS"]
 
 PRESETS = ("yolov1",)
 CONFIG_KEYS = ("size", "letterbox", "pad_value", "preset", "augment", "min_visibility", "min_area")
+
+logger = logging.getLogger(__name__)
 
 # Albumentations carries extra per-box data in label fields; one field holding the box's own index is
 # enough to re-align every per-box array (labels, difficult, iscrowd) after boxes were dropped.
@@ -121,6 +140,99 @@ class RandomHSVGain(A.ImageOnlyTransform):
 
 
 # ----------------------------------------------------------------------------------------------
+# SSD's random crop with box-aware filtering
+# ----------------------------------------------------------------------------------------------
+class MinIoURandomCrop(BaseCrop):
+    """Random crop whose IoU with every object reaches a random minimum; keeps objects centred in it.
+
+    SSD's sampling (mmdetection's ``MinIoURandomCrop``): pick a mode from ``(1.0,) + min_ious``; mode
+    1.0 keeps the whole image. Otherwise try up to ``max_trials`` windows with sides drawn from
+    ``[min_crop_size, 1]`` of the image's and height / width ratio in ``aspect_range``; accept the
+    first whose IoU with every box is at least the mode and that holds at least one box centre, else
+    draw another mode. Boxes whose centre falls outside the accepted window are dropped, the others
+    clipped to it. An image without boxes gets a random window.
+    """
+
+    class InitSchema(BaseTransformInitSchema):
+        min_ious: tuple[float, ...]
+        min_crop_size: float
+        aspect_range: tuple[float, float]
+        max_trials: int
+
+    def __init__(self, min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9), min_crop_size: float = 0.3,
+                 aspect_range: Sequence[float] = (0.5, 2.0), max_trials: int = 50, p: float = 1.0):
+        super().__init__(p=p)
+        if not all(0.0 <= v <= 1.0 for v in min_ious):
+            raise ValueError(f"min_ious must lie in [0, 1], got {tuple(min_ious)}")
+        if not 0.0 < min_crop_size <= 1.0:
+            raise ValueError(f"min_crop_size must lie in (0, 1], got {min_crop_size}")
+        if not 0.0 < aspect_range[0] <= aspect_range[1]:
+            raise ValueError(f"aspect_range must be (low, high) with 0 < low <= high, got {tuple(aspect_range)}")
+        self.min_ious = tuple(float(v) for v in min_ious)
+        self.min_crop_size = float(min_crop_size)
+        self.aspect_range = (float(aspect_range[0]), float(aspect_range[1]))
+        self.max_trials = int(max_trials)
+
+    def _window(self, height: int, width: int, boxes: np.ndarray):
+        """A window ``(x1, y1, x2, y2)`` satisfying ``mode``'s IoU, or None after ``max_trials``."""
+        mode = self.py_random.choice((1.0,) + self.min_ious)
+        if mode == 1.0:
+            return (0, 0, width, height)
+        for _ in range(self.max_trials):
+            new_w = self.py_random.uniform(self.min_crop_size * width, width)
+            new_h = self.py_random.uniform(self.min_crop_size * height, height)
+            if not self.aspect_range[0] <= new_h / new_w <= self.aspect_range[1]:
+                continue
+            left = self.py_random.uniform(0, width - new_w)
+            top = self.py_random.uniform(0, height - new_h)
+            window = (int(left), int(top), int(left + new_w), int(top + new_h))
+            if len(boxes) == 0:
+                return window
+            if _window_iou(window, boxes).min() < mode or not _centres_inside(boxes, window).any():
+                continue
+            return window
+        return None
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        given = data.get("bboxes")
+        boxes = np.zeros((0, 4)) if given is None or len(given) == 0 else np.asarray(given, np.float64)[:, :4]
+        boxes = boxes * np.array([width, height, width, height])  # albumentations hands them normalised
+        while True:  # as SSD and mmdetection: draw modes until one yields a window (1.0 always does)
+            window = self._window(height, width, boxes)
+            if window is not None:
+                return {"crop_coords": window}
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, crop_coords: tuple[int, int, int, int],
+                        **params: Any) -> np.ndarray:
+        height, width = params["shape"][:2]
+        pixels = bboxes[:, :4] * np.array([width, height, width, height])
+        keep = _centres_inside(pixels, crop_coords)
+        return fcrops.crop_bboxes_by_coords(bboxes[keep], crop_coords, (height, width))
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("min_ious", "min_crop_size", "aspect_range", "max_trials")
+
+
+def _window_iou(window, boxes: np.ndarray) -> np.ndarray:
+    x1, y1, x2, y2 = window
+    iw = (np.minimum(boxes[:, 2], x2) - np.maximum(boxes[:, 0], x1)).clip(min=0)
+    ih = (np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1)).clip(min=0)
+    inter = iw * ih
+    union = (x2 - x1) * (y2 - y1) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def _centres_inside(boxes: np.ndarray, window) -> np.ndarray:
+    x1, y1, x2, y2 = window
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return (cx > x1) & (cx < x2) & (cy > y1) & (cy < y2)
+
+
+_DETKIT_TRANSFORMS = {"RandomHSVGain": RandomHSVGain, "MinIoURandomCrop": MinIoURandomCrop}
+
+
+# ----------------------------------------------------------------------------------------------
 # Resolving albumentations transforms by name
 # ----------------------------------------------------------------------------------------------
 def _albumentations_names() -> list[str]:
@@ -133,12 +245,12 @@ def _albumentations_names() -> list[str]:
 
 
 def _resolve_transform_class(name: str, path: str):
-    if name == "RandomHSVGain":
-        return RandomHSVGain
+    if name in _DETKIT_TRANSFORMS:
+        return _DETKIT_TRANSFORMS[name]
     obj = getattr(A, name, None)
     if inspect.isclass(obj) and (issubclass(obj, A.BasicTransform) or issubclass(obj, BaseCompose)):
         return obj
-    names = _albumentations_names() + ["RandomHSVGain"]
+    names = _albumentations_names() + list(_DETKIT_TRANSFORMS)
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     # Case-insensitive near-misses ("horizontalflip") are likelier than edit-distance ones.
     folded = [n for n in names if n.lower() == name.lower()]
@@ -232,6 +344,11 @@ class DetectionTransforms:
             if not isinstance(augment, Sequence) or isinstance(augment, (str, bytes, Mapping)):
                 raise ConfigError(f"{path}.augment: expected a list of dict(type=...), got {augment!r}")
             steps += [build_albumentation(c, f"{path}.augment[{i}]") for i, c in enumerate(augment)]
+        # Mosaic draws other images of the data set: how many, and from where (bind_dataset)
+        self.mosaic_extra = max((m.grid_yx[0] * m.grid_yx[1] - 1 for m in steps if isinstance(m, A.Mosaic)),
+                                default=0)
+        self._source = None
+        self._rng = np.random.default_rng(0)
         self.augmentation = None
         if steps:
             self.augmentation = A.Compose(
@@ -259,6 +376,30 @@ class DetectionTransforms:
         """Reseed the augmentation's random generators (the resize is deterministic)."""
         if self.augmentation is not None:
             self.augmentation.set_random_seed(seed)
+        self._rng = np.random.default_rng(seed)
+
+    def bind_dataset(self, dataset) -> None:
+        """Where Mosaic takes its other images from (``dataset.raw_sample(i)``, ``len(dataset)``)."""
+        self._source = dataset
+
+    def _mosaic_items(self, sample: dict, per_box: dict) -> list[dict]:
+        """Raw samples of other images for Mosaic; their boxes are numbered after this image's, and
+        their per-box arrays appended to ``per_box``, so one index re-aligns every box."""
+        if not self.mosaic_extra or self._source is None or len(self._source) < 2:
+            return []
+        items = []
+        for j in self._rng.integers(0, len(self._source), size=self.mosaic_extra).tolist():
+            try:
+                other = self._source.raw_sample(j)
+            except DetkitError as exc:  # an unreadable neighbour: Mosaic repeats this image instead
+                logger.debug("mosaic: skipped sample %d: %s", j, exc)
+                continue
+            boxes = np.asarray(other["boxes"], dtype=np.float32).reshape(-1, 4)
+            start = len(per_box["labels"])
+            for key in per_box:
+                per_box[key] = np.concatenate([per_box[key], np.asarray(other[key])])
+            items.append({"image": other["image"], "bboxes": boxes, _INDEX_FIELD: np.arange(start, start + len(boxes))})
+        return items
 
     def __call__(self, sample: dict) -> dict:
         sample = dict(sample)
@@ -267,8 +408,12 @@ class DetectionTransforms:
         index = np.arange(len(boxes))
         meta = dict(sample.get("meta") or {})
         if self.augmentation is not None:
-            out = self.augmentation(image=image, bboxes=boxes, **{_INDEX_FIELD: index})
-            image, boxes, index = out["image"], out["bboxes"], index[np.asarray(out[_INDEX_FIELD], dtype=np.int64)]
+            per_box = {key: np.asarray(sample[key]) for key in ("labels", "difficult", "iscrowd") if key in sample}
+            extra = {"mosaic_metadata": self._mosaic_items(sample, per_box)} if self.mosaic_extra else {}
+            sample.update(per_box)
+            out = self.augmentation(image=image, bboxes=boxes, **{_INDEX_FIELD: index}, **extra)
+            image, boxes = out["image"], out["bboxes"]
+            index = np.asarray(out[_INDEX_FIELD], dtype=np.int64).reshape(-1)
             meta["augmented"] = True
         if self.resize is not None:
             in_h, in_w = image.shape[:2]

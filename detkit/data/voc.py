@@ -328,12 +328,20 @@ def _annotation_files(folder: Path) -> dict[str, str]:
     return {_nfc(os.path.splitext(n)[0]): n for n in os.listdir(folder) if n.lower().endswith(".xml")}
 
 
-def _read_split(root: Path, split: str | None, annotation_folder: str) -> list[str]:
-    """Ids of ``ImageSets/Main/<split>.txt`` (or of every XML file when ``split`` is None)."""
+def _split_file(root: Path, split: str | os.PathLike) -> Path:
+    """``ImageSets/Main/<split>.txt``; a split ending in ``.txt`` is a file of ids of its own (absolute,
+    or relative to the root), e.g. the fold lists ``detkit kfold`` writes."""
+    if str(split).lower().endswith(".txt"):
+        return root / Path(split).expanduser()  # an absolute path stays itself
+    return root / "ImageSets" / "Main" / f"{split}.txt"
+
+
+def _read_split(root: Path, split: str | os.PathLike | None, annotation_folder: str) -> list[str]:
+    """Ids of the split file (see :func:`_split_file`), or of every XML file when ``split`` is None."""
     if split is None:
         folder = root / annotation_folder
         return sorted(os.path.splitext(n)[0] for n in os.listdir(folder) if n.lower().endswith(".xml"))
-    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    split_file = _split_file(root, split)
     try:
         text = split_file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -354,6 +362,7 @@ class VOCDataset(DetectionDataset):
         root: the folder holding ``Annotations/``, ``JPEGImages/`` and ``ImageSets/Main/``, or a list.
         split: ``ImageSets/Main/<split>.txt`` to use; one for all roots or a list paired with ``root``
             (one root with several splits concatenates them). ``None``: every XML in ``Annotations/``.
+            A split ending in ``.txt`` names an id list file itself (absolute, or relative to the root).
         classes: class names in label order (default: the 20 VOC classes).
         transforms: a callable on the sample dict, or a transforms config dict.
         strict: an object of a class not in ``classes`` is an error instead of a counted skip.

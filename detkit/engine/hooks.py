@@ -26,6 +26,11 @@ evaluation plots are drawn before the logger closes the trackers, which upload `
 hook that wants the evaluation results in ``after_epoch`` uses a priority above 40; one that
 changes the learning rate after the scheduler uses one above 10.
 
+Two optional events concern checkpoints: ``before_save_checkpoint(trainer, state)`` may add or
+change entries of the dict :meth:`Trainer.state_dict` returns, and ``after_load_checkpoint(trainer,
+state)`` restores them when :meth:`Trainer.load_state_dict` resumes (mmengine's names; the EMA hook,
+:mod:`detkit.engine.ema`, uses both).
+
 The NaN guard is part of ``Trainer.run_step`` (it must act between forward and backward); the
 ``nan_policy`` is a trainer argument.
 """
@@ -94,6 +99,12 @@ class Hook:
         pass
 
     def after_iter(self, trainer) -> None:
+        pass
+
+    def before_save_checkpoint(self, trainer, state: dict) -> None:
+        pass
+
+    def after_load_checkpoint(self, trainer, state) -> None:
         pass
 
     def __repr__(self) -> str:

@@ -181,6 +181,10 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     train_loader = build_dataloader(
         train_set, batch_size=tcfg["batch_size"], shuffle=True, num_workers=tcfg["num_workers"],
         distributed=info.distributed, seed=seed, persistent_workers=False, bad_sample=tcfg["bad_sample"])
+    if tcfg["multi_scale"] is not None:
+        from detkit.data.multiscale import MultiScaleLoader
+
+        train_loader = MultiScaleLoader(train_loader, **tcfg["multi_scale"], seed=seed)
     scheduler = build_scheduler(optimizer, tcfg["scheduler"], epochs=tcfg["epochs"],
                                 iters_per_epoch=len(train_loader))
     logger.info("data: %d training images%s, batch %d x %d process(es)", len(train_set),
@@ -193,6 +197,10 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
 
     hooks = [LRSchedulerHook(), IterTimerHook()]
     evaluator = None
+    if tcfg["ema"] is not None:
+        from detkit.engine.ema import EMAHook
+
+        hooks.append(EMAHook(**tcfg["ema"]))
     if val_set is not None:
         from detkit.evaluation.loop import build_eval_loader, run_evaluation
         from detkit.evaluation.table import format_table
@@ -201,7 +209,8 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
         evaluator = task.build_evaluators(ecfg["metric"], class_names, val_set)
 
         def evaluate_fn(trainer):
-            metrics = run_evaluation(trainer.model, val_loader, evaluator, device, amp=trainer.amp,
+            model = trainer.model if trainer.eval_model is None else trainer.eval_model
+            metrics = run_evaluation(model, val_loader, evaluator, device, amp=trainer.amp,
                                      channels_last=tcfg["channels_last"], ground_truth=task.ground_truth,
                                      desc=f"eval epoch {trainer.epochs_done}")
             if metrics is not None:
@@ -233,6 +242,11 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     )
     if ckpt is not None:
         trainer.load_state_dict(ckpt, source=str(resume_path))
+        if ckpt.get("ema") and tcfg["ema"] is None:
+            # its `model` entry is the average; training goes on from the weights it had trained
+            load_model_weights(model, {"model": ckpt["ema"]["train_model"]}, source=str(resume_path))
+            logger.warning("%s was trained with train.ema; this run has none, so it continues from the "
+                           "trained (not averaged) weights", resume_path)
         trainer.last_checkpoint = resume_path
         logger.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", resume_path,
                     trainer.start_epoch, trainer.start_epoch + 1)

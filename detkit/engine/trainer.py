@@ -173,6 +173,7 @@ class Trainer:
         self.completed = False
         self.last_checkpoint = None
         self.best_checkpoint = None
+        self.eval_model = None  # what evaluation scores instead of `model` (the EMA hook's average)
         self._pending_rng = None
         self._hooks: list = []
         self.register_hooks(hooks)
@@ -412,6 +413,9 @@ class Trainer:
         }
         for key, value in self.extra_state.items():
             state.setdefault(key, value)
+        # hooks with checkpoint state of their own (engine/ema.py) add or swap entries
+        for hook in self._hooks:
+            getattr(hook, "before_save_checkpoint", lambda *_: None)(self, state)
         return state
 
     def load_state_dict(self, state: Mapping, *, source: str = "checkpoint") -> None:
@@ -450,6 +454,8 @@ class Trainer:
         self.best_epoch = state.get("best_epoch")
         self.skipped_batches = int(state.get("skipped_batches") or 0)
         self._pending_rng = state.get("rng")
+        for hook in self._hooks:
+            getattr(hook, "after_load_checkpoint", lambda *_: None)(self, state)
         if self.start_epoch >= self.max_epochs:
             logger.warning("%s: already trained for %d epochs (train.epochs=%d); nothing left to do "
                            "(raise --epochs to train longer)", source, self.start_epoch, self.max_epochs)

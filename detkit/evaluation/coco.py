@@ -154,9 +154,27 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def run_cocoeval(gt_dict: dict, results: list[dict], backend: str = "auto", verbose: bool = False):
-    """Run COCOeval (bbox) and return ``(stats[12], precision[T,R,K,A,M], cat_ids in eval order)``."""
+def run_cocoeval(gt_dict: dict, results: list[dict], backend: str = "auto", verbose: bool = False,
+                 area_ranges: Sequence[tuple[float, float]] | None = None):
+    """Run COCOeval (bbox) and return ``(stats[12], precision[T,R,K,A,M], cat_ids in eval order)``.
+
+    ``area_ranges``: ``[(lo, hi), ...]`` replaces COCO's all / small / medium / large ranges (the
+    precision's area axis then follows them); ``stats`` is then ``None`` (summarize() knows only
+    COCO's named ranges).
+    """
     backend = resolve_backend(backend)
+
+    def configure(ev):
+        if area_ranges is not None:
+            ev.params.areaRng = [[float(lo), float(hi)] for lo, hi in area_ranges]
+            ev.params.areaRngLbl = [f"range{i}" for i in range(len(area_ranges))]
+        ev.evaluate()
+        ev.accumulate()
+        if area_ranges is not None:
+            return None
+        ev.summarize()
+        return np.asarray(ev.stats[:12], dtype=np.float64)
+
     if backend == "faster":
         from faster_coco_eval import COCO, COCOeval_faster
 
@@ -165,10 +183,8 @@ def run_cocoeval(gt_dict: dict, results: list[dict], backend: str = "auto", verb
         gt = COCO(gt_dict, print_function=printer)
         dt = gt.loadRes(results)  # handles an empty result list itself
         ev = COCOeval_faster(gt, dt, "bbox", print_function=printer)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-        return np.asarray(ev.stats[:12], dtype=np.float64), np.asarray(ev.eval["precision"]), list(ev.params.catIds)
+        stats = configure(ev)
+        return stats, np.asarray(ev.eval["precision"]), list(ev.params.catIds)
 
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -187,10 +203,8 @@ def run_cocoeval(gt_dict: dict, results: list[dict], backend: str = "auto", verb
                           "categories": copy.deepcopy(gt.dataset["categories"])}
             dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return np.asarray(ev.stats[:12], dtype=np.float64), np.asarray(ev.eval["precision"]), list(ev.params.catIds)
+        stats = configure(ev)
+    return stats, np.asarray(ev.eval["precision"]), list(ev.params.catIds)
 
 
 def _nan_if_missing(value: float) -> float:

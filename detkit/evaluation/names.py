@@ -16,7 +16,7 @@ from __future__ import annotations
 from detkit.errors import ConfigError
 
 __all__ = ["METRIC_KEYS", "METRICS", "TASK_METRICS", "TASKS", "ALL", "VOC_METRICS", "COCO_STAT_KEYS",
-           "TOPK", "SUMMARY_KEYS", "HEADLINE_KEYS", "CLASSIFICATION_HEADLINE_KEYS", "EPOCH_KEYS",
+           "TOPK", "SUMMARY_KEYS", "HEADLINE_KEYS", "CLASSIFICATION_HEADLINE_KEYS", "EPOCH_KEYS", "FOLD_KEYS",
            "EVAL_DEFAULTS", "check_task", "expand_metrics", "metric_keys"]
 
 # the metrics one VOCEvaluator computes from one matching pass (11-point VOC2007, area VOC2010+)
@@ -56,6 +56,8 @@ EVAL_DEFAULTS = {
 SUMMARY_KEYS = tuple(key for name in METRIC_KEYS for key in METRIC_KEYS[name])
 # the few numbers a detection run reports everywhere: epoch log line, metrics.jsonl, map.png, README table
 HEADLINE_KEYS = ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75")
+# what `detkit kfold` reports as mean ± std over folds (the headlines and COCO's recall at 100)
+FOLD_KEYS = HEADLINE_KEYS + ("coco_ar100",)
 # the same for a classification run (accuracy.png, the README classification table)
 CLASSIFICATION_HEADLINE_KEYS = tuple(f"top{k}" for k in TOPK)
 # the evaluation numbers an epoch record carries (those the run computed) and the log line shows

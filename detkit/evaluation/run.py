@@ -25,6 +25,7 @@ from detkit.engine import dist as dist_utils
 from detkit.engine.run_logging import run_logging
 from detkit.errors import ConfigError, DetkitError
 from detkit.evaluation.coco import to_coco_results
+from detkit.evaluation.diagnostics import box_fit_diagnostics, format_diagnostics
 from detkit.evaluation.loop import build_eval_loader, coco_options, run_evaluation
 from detkit.evaluation.names import metric_keys
 from detkit.evaluation.table import format_table
@@ -38,14 +39,16 @@ logger = logging.getLogger("detkit")
 
 
 def evaluate(cfg: Mapping | None, checkpoint, *, metric="all", split: str = "val", metrics_out=None,
-             results_out=None, device=None, batch_size: int | None = None, unsafe_load: bool = False,
-             launcher: str = "none", task: Task = DETECTION, confusion_out=None, data=None,
-             overrides=(), plots: bool | str | os.PathLike | None = None, score_thr: float | None = None,
-             iou_thr: float | None = None) -> dict | None:
-    """Evaluate ``checkpoint`` on ``data.<split>``; prints the table, writes ``metrics_out``
-    (metrics JSON), ``results_out`` (COCO results JSON; detection only) and ``confusion_out`` (the
-    confusion matrix as a PNG; classification only). Returns the metrics (``None`` on ranks other
-    than 0 under torchrun).
+             results_out=None, diagnostics_out=None, device=None, batch_size: int | None = None,
+             unsafe_load: bool = False, launcher: str = "none", task: Task = DETECTION, confusion_out=None,
+             data=None, overrides=(), plots: bool | str | os.PathLike | None = None,
+             score_thr: float | None = None, iou_thr: float | None = None) -> dict | None:
+    """Evaluate ``checkpoint`` on ``data.<split>``; prints the table (and, for a detector, the box-fit
+    diagnostics: :mod:`detkit.evaluation.diagnostics`), writes ``metrics_out`` (metrics JSON),
+    ``results_out`` (COCO results JSON; detection only), ``diagnostics_out`` (diagnostics JSON;
+    detection only), ``plots`` (a folder of evaluation plots; detection only) and ``confusion_out``
+    (the confusion matrix as a PNG; classification only). Returns the metrics (``None`` on ranks
+    other than 0 under torchrun).
 
     ``checkpoint`` is any model file :func:`detkit.deploy.backends.load_model` runs (a checkpoint,
     an ONNX or TorchScript export). ``cfg`` replaces the config the file stores (``None``: use that
@@ -67,6 +70,8 @@ def evaluate(cfg: Mapping | None, checkpoint, *, metric="all", split: str = "val
     metric_keys(metric, task.name)  # validates the name before anything heavy happens
     if results_out and task is not DETECTION:
         raise ConfigError(f"--out writes detections (COCO results); a {task.name} evaluation has none")
+    if diagnostics_out and task is not DETECTION:
+        raise ConfigError(f"--diagnostics-out writes box-fit diagnostics; a {task.name} evaluation has no boxes")
     if confusion_out and task is DETECTION:
         raise ConfigError("a confusion matrix is drawn for classifiers (detkit classify eval), not detectors")
     if plots:
@@ -106,6 +111,12 @@ def evaluate(cfg: Mapping | None, checkpoint, *, metric="all", split: str = "val
             if metrics is None:
                 return None
             print(format_table(metrics), flush=True)
+            if task is DETECTION:
+                records = evaluator.sorted_records(log=False)
+                diagnostics = box_fit_diagnostics(records, class_names, _image_sizes(dataset))
+                print(format_diagnostics(diagnostics), flush=True)
+                if diagnostics_out:
+                    logger.info("box-fit diagnostics written to %s", write_json(diagnostics_out, diagnostics))
             if metrics_out:
                 logger.info("metrics written to %s", write_json(metrics_out, metrics))
             if confusion_out:
@@ -115,7 +126,7 @@ def evaluate(cfg: Mapping | None, checkpoint, *, metric="all", split: str = "val
                                              title=f"confusion matrix, data.{split}")
                 logger.info("confusion matrix drawn in %s", path)
             if results_out:
-                results = _collected_results(evaluator, coco_options(dataset).get("cat_ids"))
+                results = _collected_results(records, coco_options(dataset).get("cat_ids"))
                 logger.info("%d detections written to %s (COCO results format)", len(results),
                             write_json(results_out, results))
             if plots:
@@ -150,9 +161,27 @@ def _write_data_statistics(cfg: Mapping, split: str, dataset, out_dir: Path) -> 
         logger.warning("no training-split statistics in %s: %s", out_dir, exc)
 
 
-def _collected_results(evaluator, cat_ids) -> list[dict]:
-    """The detections the evaluator collected (every member of a group holds the same images), as
-    COCO results with the targets' image ids."""
-    records = evaluator.sorted_records()
+def _image_sizes(dataset) -> dict:
+    """``image_id -> (height, width)`` of the data set's images, from their headers (no decoding),
+    else from the annotation; images whose size is unknown are left out."""
+    from detkit.data.io import image_size
+    from detkit.errors import DataError
+
+    sizes = {}
+    for index in range(len(dataset)):
+        try:
+            ann = dataset.load_annotation(index)
+        except (DataError, AttributeError, NotImplementedError):  # unusable sample, or not a detkit dataset
+            continue
+        try:
+            sizes[ann.image_id] = tuple(image_size(dataset.image_path(index)))
+        except DataError:
+            if ann.height and ann.width:
+                sizes[ann.image_id] = (ann.height, ann.width)
+    return sizes
+
+
+def _collected_results(records, cat_ids) -> list[dict]:
+    """The collected detections as COCO results with the targets' image ids."""
     detections = [{"boxes": r.det_boxes, "scores": r.det_scores, "labels": r.det_labels} for r in records]
     return to_coco_results(detections, [r.image_id for r in records], cat_ids)
