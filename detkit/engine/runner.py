@@ -9,6 +9,7 @@ default ``work_dirs/<config name>/``) receives::
     train.log            the log (also printed to the console)
     metrics.jsonl        one record per logged window and per epoch (see hooks.LoggerHook)
     last.pth             the latest checkpoint; resume with --resume
+    stages.json          detectors trained in stages after the loop (rcnn_classic): what has finished
     previous/<time>/     an earlier run in the same work dir, moved aside (a new run never overwrites it)
     epoch_N.pth          the last ``keep_last`` epoch checkpoints
     best_<metric>.pth    the best checkpoint by ``eval.save_best``
@@ -206,6 +207,11 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
             PlotHook(work_dir / "metrics.jsonl", work_dir / "plots"),
         ]
     hooks += list(extra_hooks)
+    if info.is_main:
+        # Detectors fitted in steps after the loop (rcnn_classic: features, SVMs, box regressors).
+        from detkit.engine.stages import stage_hooks
+
+        hooks += stage_hooks(model, cfg=cfg, work_dir=work_dir, device=device)
 
     trainer = Trainer(
         model, optimizer, train_loader, max_epochs=tcfg["epochs"], device=device, scheduler=scheduler,

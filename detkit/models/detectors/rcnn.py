@@ -157,12 +157,24 @@ class RCNN(DetectorBase):
         return self.head.mode
 
     # -- forward ---------------------------------------------------------------------------------
+    def head_inputs(self, images: Tensor) -> tuple[Tensor, torch.nn.Module | None]:
+        """What the head reads besides the regions: the feature map (``roi``), or the normalised
+        images and the backbone to run on their warped crops (``warp``)."""
+        if self.head.mode == "warp":
+            return self.normalise(images), self.backbone
+        return self.features(images), None
+
+    def region_features(self, images: Tensor, regions: Sequence[Tensor]) -> Tensor:
+        """The region feature ``[R, D]`` of every region of all images, in order (the head's input:
+        roi-pooled from the image's feature map, or the backbone's output on the warped crop)."""
+        x, backbone = self.head_inputs(images)
+        return self.head.region_features(x, regions, backbone=backbone)
+
     def classify_regions(self, images: Tensor, regions: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Run the backbone and the head: ``(class_logits [R, C + 1], box_deltas [R, C * 4])`` for the
         regions of all images, in order."""
-        if self.head.mode == "warp":
-            return self.head(self.normalise(images), regions, backbone=self.backbone)
-        return self.head(self.features(images), regions)
+        x, backbone = self.head_inputs(images)
+        return self.head(x, regions, backbone=backbone)
 
     def forward_train(self, images: Tensor, targets: Sequence[Mapping],
                       metas: Sequence[Mapping]) -> dict[str, Tensor]:
@@ -197,11 +209,19 @@ class RCNN(DetectorBase):
     @torch.no_grad()
     def detect(self, images: Tensor, proposals: list[Tensor]) -> list[dict]:
         """Detections in input pixels from given proposals (one ``[P_i, 4]`` tensor per image)."""
-        class_logits, box_deltas = self.classify_regions(images, proposals)
-        image_size = (int(images.shape[-2]), int(images.shape[-1]))
-        boxes, scores = self.head.decode(class_logits, box_deltas, torch.cat(proposals), image_size)
+        boxes, scores = self.score_regions(images, proposals)
         counts = [len(p) for p in proposals]
         return self.postprocessor(list(boxes.split(counts)), list(scores.split(counts)))
+
+    def score_regions(self, images: Tensor, proposals: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Score given proposals: class-specific boxes ``[R, C, 4]`` (input pixels, clipped to the
+        image) and per-class scores ``[R, C]`` for the proposals of all images, in order -- everything
+        before the postprocessor. This is the part of the detector an export holds (proposal
+        generators are not graph code); every R-CNN-family detector answers it (``rcnn_classic``
+        with its SVMs and box regressors)."""
+        class_logits, box_deltas = self.classify_regions(images, proposals)
+        image_size = (int(images.shape[-2]), int(images.shape[-1]))
+        return self.head.decode(class_logits, box_deltas, torch.cat(list(proposals)), image_size)
 
     # -- proposals -------------------------------------------------------------------------------
     def generate_proposals(self, images: Tensor, metas: Sequence[Mapping | None] | None, cap: int) -> list[Tensor]:
