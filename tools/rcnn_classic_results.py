@@ -10,7 +10,9 @@
 ``collect`` copies what a finished ``detkit train`` of an ``rcnn_classic`` config wrote into its run
 directory: every variant's metrics (``classic_metrics.json``: softmax head, SVMs, SVMs + box
 regression, scored on the validation split after the stages) and each stage's time
-(``stages.json``; fine-tuning from the training loop). Nothing is typed in by hand; the test suite
+(``stages.json``; fine-tuning from the training loop), wall clock and CPU seconds of the training
+process (on a shared machine the wall clock mostly measures the other jobs). Nothing is typed in by
+hand; the test suite
 checks that the README's table is what ``table`` renders from the committed files.
 """
 
@@ -44,6 +46,8 @@ def collect(work_dir: Path, *, command: str, data: str, note: str = "", name: st
     stages = json.loads((work_dir / "stages.json").read_text())
     seconds = {"finetune": stages.get("finetune_seconds")}
     seconds.update({k: v["seconds"] for k, v in stages["stages"].items() if k != "evaluate"})
+    cpu = {"finetune": stages.get("finetune_cpu_seconds")}
+    cpu.update({k: v.get("cpu_seconds") for k, v in stages["stages"].items() if k != "evaluate"})
     keys = [k for k, _ in METRICS]
     result = {
         "run": name or work_dir.name,
@@ -51,6 +55,7 @@ def collect(work_dir: Path, *, command: str, data: str, note: str = "", name: st
         "data": data,
         "note": note,
         "stage_seconds": seconds,
+        "stage_cpu_seconds": cpu,
         "variants": {v: {k: entry["metrics"].get(k) for k in keys} for v, entry in report["variants"].items()},
         "svm_rounds": len(stages["stages"].get("svm", {}).get("summary", {}).get("rounds", [])),
     }
@@ -68,7 +73,7 @@ def _minutes(seconds) -> str:
 
 def render(results_dir: Path = RESULTS) -> str:
     """The markdown table of every result file, one row per variant."""
-    head = ["run", "scoring"] + [t for _, t in METRICS] + [t for _, t in STAGES] + ["total"]
+    head = ["run", "scoring"] + [t for _, t in METRICS] + [t for _, t in STAGES] + ["total", "CPU (main process)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for path in sorted(results_dir.glob("*.json")):
         result = json.loads(path.read_text())
@@ -82,6 +87,8 @@ def render(results_dir: Path = RESULTS) -> str:
             cells += [(_minutes(seconds.get(s)) if s in needs else "") for s, _ in STAGES]
             total = sum(seconds.get(s) or 0.0 for s in needs)
             cells.append(_minutes(total))
+            cpu = [result.get("stage_cpu_seconds", {}).get(s) for s in needs]
+            cells.append("?" if None in cpu else _minutes(sum(cpu)))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -382,6 +382,7 @@ def evaluate_stage(context: StageContext) -> dict:
         "variants": {n: {"scoring": VARIANTS[n][0], "box_regression": VARIANTS[n][1], "metrics": metrics[n]}
                      for n in names},
         "stage_seconds": dict(context.seconds),
+        "stage_cpu_seconds": dict(context.cpu_seconds),
     })
     write_json(context.work_dir / "eval_metrics.json", metrics[final])
     return {name: {k: v for k, v in metrics[name].items() if isinstance(v, (int, float))} for name in names}

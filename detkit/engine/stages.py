@@ -54,7 +54,8 @@ class Stage:
 class StageContext:
     """What the stages work with: the (unwrapped) model on ``device``, the resolved config, the run
     directory, the trainer (its state is saved after each stage), ``results`` (summaries of the
-    stages finished so far, by name) and ``seconds`` (their durations, and ``finetune``: the loop's)."""
+    stages finished so far, by name), ``seconds`` and ``cpu_seconds`` (their wall-clock and CPU
+    durations, and ``finetune``: the loop's)."""
 
     model: torch.nn.Module
     cfg: dict
@@ -63,6 +64,7 @@ class StageContext:
     trainer: Any = None
     results: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    cpu_seconds: dict = field(default_factory=dict)
 
 
 def network_fingerprint(model: torch.nn.Module) -> str:
@@ -86,6 +88,12 @@ class StagesHook(Hook):
     def __init__(self, make_stages: Callable[[StageContext], list[Stage]], context: StageContext):
         self.make_stages = make_stages
         self.context = context
+        self._cpu_start = None
+
+    def before_train(self, trainer) -> None:
+        # CPU seconds of this process (all its threads): what a stage costs whatever else the machine
+        # runs; wall-clock times on a shared machine mostly measure the others.
+        self._cpu_start = time.process_time()
 
     def after_train(self, trainer) -> None:
         if not trainer.completed:
@@ -103,7 +111,10 @@ class StagesHook(Hook):
             state = {"format": _STATE_FORMAT, "fingerprint": fingerprint, "stages": {}}
         # The loop's time when it ran in this process; a resumed run keeps the first record.
         state.setdefault("finetune_seconds", getattr(trainer, "train_time", None))
+        state.setdefault("finetune_cpu_seconds",
+                         None if self._cpu_start is None else time.process_time() - self._cpu_start)
         context.seconds["finetune"] = state["finetune_seconds"]
+        context.cpu_seconds["finetune"] = state["finetune_cpu_seconds"]
         write_json(path, state)
         done = state["stages"]
         for stage in self.make_stages(context):
@@ -111,18 +122,20 @@ class StagesHook(Hook):
                 logger.info("stage %s: finished earlier (%.1f s), skipped", stage.name, done[stage.name]["seconds"])
                 context.results[stage.name] = done[stage.name]["summary"]
                 context.seconds[stage.name] = done[stage.name]["seconds"]
+                context.cpu_seconds[stage.name] = done[stage.name].get("cpu_seconds")
                 continue
             logger.info("stage %s: starting", stage.name)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             summary = dict(stage.run(context) or {})
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             context.results[stage.name] = summary
             context.seconds[stage.name] = seconds
+            context.cpu_seconds[stage.name] = cpu_seconds
             # The fitted parts first, then the mark: an interruption in between only repeats the stage.
             trainer.last_checkpoint = save_checkpoint(context.work_dir / "last.pth", trainer.state_dict())
-            done[stage.name] = {"seconds": seconds, "summary": summary}
+            done[stage.name] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "summary": summary}
             write_json(path, state)
-            logger.info("stage %s: finished in %.1f s", stage.name, seconds)
+            logger.info("stage %s: finished in %.1f s (%.1f s of CPU)", stage.name, seconds, cpu_seconds)
 
 
 def _read_state(path: Path) -> dict:

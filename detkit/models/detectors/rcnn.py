@@ -29,7 +29,8 @@ for the fallback), foregrounds get regression targets from the head's box coder 
 (VOC) or ``iscrowd`` (COCO) are left out of the ground truth by default, as py-faster-rcnn does.
 
 Inference (``model.eval()``): softmax scores, class-specific boxes decoded from every proposal and
-clipped to the image, then the postprocessor (score threshold, per-class NMS -- IoU 0.3 in the rcnn
+clipped to the image (:meth:`RCNN.score_regions`: given proposals in, class boxes and scores out, the
+part an export holds), then the postprocessor (score threshold, per-class NMS -- IoU 0.3 in the rcnn
 configs, R-CNN's value -- and ``max_per_image``). Boxes are in input pixels, or in original-image
 pixels for the images whose ``metas`` are passed: the detector contract of
 :mod:`detkit.models.detectors.base`, which also hosts construction, input checks and normalisation.
@@ -64,7 +65,7 @@ from detkit.models.detectors.base import DetectorBase, image_name
 from detkit.models.sampler import RegionSampler
 from detkit.registry import Spec
 
-__all__ = ["RCNN", "images_to_uint8"]
+__all__ = ["RCNN", "images_to_uint8", "proposal_boxes"]
 
 
 def images_to_uint8(images: Tensor) -> list[np.ndarray]:
@@ -73,6 +74,14 @@ def images_to_uint8(images: Tensor) -> list[np.ndarray]:
     images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     as_bytes = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     return list(as_bytes.permute(0, 2, 3, 1).contiguous().cpu().numpy())
+
+
+def proposal_boxes(proposals: Sequence[Tensor] | Tensor) -> Tensor:
+    """Every proposal's box ``[R, 4]``, in order: from one ``[P_i, 4]`` tensor per image, or from
+    rois ``[R, 5]`` (image index, x1, y1, x2, y2; the form an exported graph takes)."""
+    if isinstance(proposals, Tensor):
+        return proposals[:, 1:]
+    return torch.cat(list(proposals))
 
 
 class RCNN(DetectorBase):
@@ -221,7 +230,7 @@ class RCNN(DetectorBase):
         with its SVMs and box regressors)."""
         class_logits, box_deltas = self.classify_regions(images, proposals)
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
-        return self.head.decode(class_logits, box_deltas, torch.cat(list(proposals)), image_size)
+        return self.head.decode(class_logits, box_deltas, proposal_boxes(proposals), image_size)
 
     # -- proposals -------------------------------------------------------------------------------
     def generate_proposals(self, images: Tensor, metas: Sequence[Mapping | None] | None, cap: int) -> list[Tensor]:

@@ -53,7 +53,7 @@ from torch import Tensor
 
 from detkit.errors import ConfigError
 from detkit.models.box_ridge import PAPER_BOX_CODER, predict_deltas
-from detkit.models.detectors.rcnn import RCNN
+from detkit.models.detectors.rcnn import RCNN, proposal_boxes
 from detkit.models.heads.region_classifier import POOL_LAYER
 from detkit.models.svm import SVMOptions
 from detkit.ops.boxes import clip_boxes
@@ -222,7 +222,7 @@ class RCNNClassic(RCNN):
         region = self.region_features(images, proposals)
         layers = self.head.layer_features(region, sorted(needed)) if needed else {}
         head_out = self.head.predict(region) if any(s == "softmax" or b == "head" for s, b in variants) else None
-        boxes = torch.cat(list(proposals)).float()
+        boxes = proposal_boxes(proposals).float()
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
         out = []
         for scoring, box_regression in variants:
