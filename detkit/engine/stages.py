@@ -109,10 +109,12 @@ class StagesHook(Hook):
                 logger.warning("the fine-tuned network differs from the one the recorded stages used; "
                                "running every stage again")
             state = {"format": _STATE_FORMAT, "fingerprint": fingerprint, "stages": {}}
-        # The loop's time when it ran in this process; a resumed run keeps the first record.
-        state.setdefault("finetune_seconds", getattr(trainer, "train_time", None))
+        # The loop's time when it ran in this process (a resumed run keeps the first record; a loop that
+        # had no epoch left to run measured nothing).
+        ran = trainer.epochs_done > getattr(trainer, "start_epoch", 0)
+        state.setdefault("finetune_seconds", getattr(trainer, "train_time", None) if ran else None)
         state.setdefault("finetune_cpu_seconds",
-                         None if self._cpu_start is None else time.process_time() - self._cpu_start)
+                         time.process_time() - self._cpu_start if ran and self._cpu_start is not None else None)
         context.seconds["finetune"] = state["finetune_seconds"]
         context.cpu_seconds["finetune"] = state["finetune_cpu_seconds"]
         write_json(path, state)

@@ -9,8 +9,9 @@ model = dict(
     fg_fraction=0.25,
     fg_iou=0.5,
     bg_iou=(0.0, 0.5),
-    # SVM margins are the scores: keep every candidate above R-CNN's hard-negative threshold (-1).
-    postprocessor=dict(score_threshold=-1.0),
+    # SVM margins are the scores, unbounded: no threshold. The released code (rcnn_test.m) keeps the
+    # 100 best boxes per class and image whatever their score; max_per_image=100 does that here.
+    postprocessor=dict(score_threshold=-1e9, max_per_image=100),
     scoring="svm",
     box_regression="ridge",
     svm_layer="fc7",

@@ -27,8 +27,9 @@ gives the training features a mean L2 norm of ``feature_norm`` (20, ``rcnn_scale
 
 Test time (:meth:`score_regions`, then the postprocessor): every proposal is scored by every SVM
 (``z = w . (s x) + b``, the raw margin is the detection score), every proposal's box is corrected by
-each class's regressor, and the postprocessor keeps ``z > score_threshold`` (-1 in the configs:
-R-CNN's hard-negative threshold), applies per-class NMS (0.3) and keeps ``max_per_image``. The
+each class's regressor, and the postprocessor applies per-class NMS (0.3) and keeps the
+``max_per_image`` best (100; the configs set no score threshold, as the released code keeps the 100
+best boxes per class and image whatever their margin). The
 released code applies NMS to the *regressed* boxes (``rcnn_test_bbox_regressor.m`` regresses the
 top-scoring boxes, ``imdb_eval_voc.m`` then runs NMS 0.3), which is what this does.
 
