@@ -547,3 +547,8 @@ def test_configs_state_the_papers_settings_and_build(name, classes):
         return  # a forward pass of warped AlexNet crops is a benchmark, not a test
     assert model.head.layer_dim("pool5") == 112 * 7 * 7
     check_detections(model(torch.rand(1, 3, 96, 96)))
+
+
+def test_rcnn_classic_is_declared_as_a_detkit_entry_point():
+    declared = {(info.group, info.name): info.target for info in registry.components(load=False)}
+    assert declared[("detectors", "rcnn_classic")] == "detkit.models.detectors.rcnn_classic:RCNNClassic"
