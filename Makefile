@@ -12,13 +12,14 @@ STAMP       = $(VENV)/.detkit-installed
 DEMO_DIR   ?= data/shapes
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean help
+.PHONY: install test demo pretrain-demo bench clean help
 
 help:
 	@echo "make demo    - create $(VENV), install everything, run the default job (synthetic shapes)"
 	@echo "make test    - create $(VENV) if missing, install everything, run the test suite"
-	@echo "make install - create $(VENV) and install detkit (test, fast-eval, classic extras) and plugins/*"
+	@echo "make install - create $(VENV) and install detkit (test, fast-eval, deploy and classic extras) and plugins/*"
 	@echo "make bench   - run tools/bench.py (all benchmarks)"
+	@echo "make pretrain-demo - classifier pre-training vs from scratch on the shapes (README; 1-2 h on 2 CPUs)"
 
 $(PY):
 	$(PY_BOOT) -m venv $(VENV)
@@ -26,7 +27,7 @@ $(PY):
 # Re-installs when packaging metadata (entry points!) or a plugin changes.
 $(STAMP): $(PY) setup.cfg pyproject.toml $(PLUGIN_SRC)
 	$(PIP) install $(TORCH_PKGS)
-	$(PIP) install -e '.[test,fast-eval,classic]'
+	$(PIP) install -e '.[test,fast-eval,deploy,classic]'
 	@for p in $(dir $(PLUGINS)); do \
 		echo "installing plugin $$p"; \
 		$(PIP) install "./$$p" || exit 1; \
@@ -45,6 +46,21 @@ test: install
 
 demo: install
 	$(PY) tools/demo.py
+
+# The pre-training comparison of the README: a backbone pre-trained by `detkit classify` on shape crops
+# vs the same detector from scratch, then the README tables.
+DETKIT = $(PY) -m detkit
+CLS_RUN = work_dirs/classify_shapes_resnet18
+pretrain-demo: install
+	$(DETKIT) data make-shapes $(DEMO_DIR) --num 600 --seed 0
+	$(DETKIT) data make-shapes data/shapes_cls --mode classification --num 6000 --seed 1 --size 48
+	$(DETKIT) classify train configs/classify_shapes_resnet18.py
+	$(DETKIT) classify eval configs/classify_shapes_resnet18.py $(CLS_RUN)/best_top1.pth \
+	    --metrics-out $(CLS_RUN)/eval_metrics.json --confusion-out $(CLS_RUN)/eval_confusion.png
+	$(DETKIT) train configs/yolov1_shapes_resnet18.py --work-dir work_dirs/yolov1_shapes_resnet18_scratch
+	$(DETKIT) train configs/yolov1_shapes_resnet18.py --work-dir work_dirs/yolov1_shapes_resnet18_pretrained \
+	    --set model.backbone.pretrained=$(CLS_RUN)/best_top1.pth
+	$(PY) tools/collect_results.py
 
 bench: install
 	$(PY) tools/bench.py all

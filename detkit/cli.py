@@ -15,6 +15,7 @@ import sys
 import click
 
 from detkit import __version__
+from detkit.inference import DEFAULT_CONF
 
 
 def _friendly_errors(func):
@@ -129,69 +130,139 @@ def config_show(config_file, overrides):
     """Print the config a run uses as JSON: bases merged, overrides applied, defaults filled in."""
     from detkit.config import dump_config
     from detkit.schema import fill_defaults
+    from detkit.tasks import task_of_config
 
-    click.echo(dump_config(fill_defaults(_load(config_file, overrides))))
+    cfg = _load(config_file, overrides)
+    click.echo(dump_config(fill_defaults(cfg, task_of_config(cfg).name)))
 
 
 # ----------------------------------------------------------------------------------------------
-@main.command()
-@click.argument("config_file", type=click.Path(dir_okay=False))
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory (default work_dirs/<config name>).")
-@set_option
-@click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
-              help="Resume from PATH, or from the latest checkpoint of the work dir when no PATH.")
-@click.option("--seed", type=int, default=None, help="Random seed (overrides train.seed).")
-@click.option("--deterministic", is_flag=True, help="Use deterministic algorithms (slower).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (overrides train.amp).")
-@click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs).")
-@click.option("--unsafe-load", is_flag=True,
-              help="Allow resuming from a checkpoint that needs pickle (only for files you trust).")
-@click.option("--launcher", type=click.Choice(["none", "torchrun"]), default="none",
-              help="torchrun: join the process group that torchrun set up (also auto-detected).")
-@_friendly_errors
-def train(config_file, work_dir, overrides, resume, seed, deterministic, device, amp, epochs,
-          unsafe_load, launcher):
-    """Train the detector described by CONFIG_FILE."""
+def _stack(*decorators):
+    """Options shared by two commands (``train`` and ``classify train``...), declared once."""
+
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+_train_options = _stack(
+    click.argument("config_file", type=click.Path(dir_okay=False)),
+    click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+                 help="Run directory (default work_dirs/<config name>)."),
+    set_option,
+    click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
+                 help="Resume from PATH, or from the latest checkpoint of the work dir when no PATH."),
+    click.option("--seed", type=int, default=None, help="Random seed (overrides train.seed)."),
+    click.option("--deterministic", is_flag=True, help="Use deterministic algorithms (slower)."),
+    click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (overrides train.amp)."),
+    click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs)."),
+    click.option("--unsafe-load", is_flag=True,
+                 help="Allow resuming from a checkpoint that needs pickle (only for files you trust)."),
+    click.option("--launcher", type=click.Choice(["none", "torchrun"]), default="none",
+                 help="torchrun: join the process group that torchrun set up (also auto-detected)."),
+    _friendly_errors,
+)
+
+
+def _run_train(task_name, config_file, overrides, **options):
     from detkit.engine.runner import train as run_train
+    from detkit.tasks import TASKS
 
     cfg = _load(config_file, overrides)
-    run_train(cfg, config_path=config_file, work_dir=work_dir, resume=resume, seed=seed,
-              deterministic=deterministic, device=device, amp=amp, epochs=epochs,
-              unsafe_load=unsafe_load, launcher=launcher)
+    run_train(cfg, config_path=config_file, task=TASKS[task_name], **options)
+
+
+@main.command()
+@_train_options
+def train(config_file, overrides, **options):
+    """Train the detector described by CONFIG_FILE."""
+    _run_train("detection", config_file, overrides, **options)
+
+
+_eval_options = _stack(
+    click.argument("args", nargs=-1, required=True, metavar="[CONFIG] MODEL"),
+    click.option("--data", "data_config", type=click.Path(dir_okay=False), default=None,
+                 help="A config whose data section to evaluate on (default: the model's own config)."),
+    click.option("--split", default="val", show_default=True, help="Which data split to evaluate."),
+    click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
+                 help="Write the metrics as JSON here."),
+    click.option("--device", default=None),
+    click.option("--batch-size", type=int, default=None),
+    click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle."),
+    set_option,
+    _friendly_errors,
+)
+
+
+def _run_eval(task_name, args, overrides, data_config, **options):
+    """``[CONFIG] MODEL``: CONFIG replaces the config a checkpoint stores (``--set`` then applies to
+    it), else ``--set`` changes the stored one."""
+    from detkit.evaluation.run import evaluate
+    from detkit.tasks import TASKS
+
+    command = "detkit classify eval" if task_name == "classification" else "detkit eval"
+    config_file, model = _split_model_args(args, (), f"{command} [CONFIG] MODEL [--data CONFIG]")
+    cfg = _load(config_file, overrides) if config_file else None
+    evaluate(cfg, model, task=TASKS[task_name], data=data_config,
+             overrides=() if config_file else overrides, **options)
+
+
+def _split_model_args(args: tuple[str, ...], tail: tuple[str, ...], usage: str) -> tuple[str | None, str, ...]:
+    """``[CONFIG] MODEL <tail...>`` -> ``(config or None, model, *tail)``: the config is optional,
+    a checkpoint stores its own and an exported model carries it."""
+    from detkit.errors import ConfigError
+
+    if len(args) == len(tail) + 1:
+        return (None, *args)
+    if len(args) == len(tail) + 2:
+        return tuple(args)
+    raise ConfigError(f"usage: {usage} (got {len(args)} argument(s))")
 
 
 @main.command("eval")
-@click.argument("config_file", type=click.Path(dir_okay=False))
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--metric", type=click.Choice(["voc07", "voc", "coco", "all"]), default="all",
               show_default=True)
-@click.option("--split", default="val", show_default=True, help="Which data split to evaluate.")
-@click.option("--metrics-out", type=click.Path(dir_okay=False), default=None,
-              help="Write the metrics as JSON here.")
 @click.option("--out", "results_out", type=click.Path(dir_okay=False), default=None,
               help="Write the detections in COCO results JSON format here.")
-@click.option("--device", default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
-@set_option
-@_friendly_errors
-def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, device, batch_size,
-             unsafe_load, overrides):
-    """Evaluate CHECKPOINT on a split of the config's data and print VOC / COCO metrics."""
-    from detkit.evaluation.run import evaluate
+@_eval_options
+def eval_cmd(args, overrides, data_config, **options):
+    """Evaluate MODEL (a checkpoint, .onnx or TorchScript file) on a split of its data and print VOC /
+    COCO metrics. CONFIG replaces the config a checkpoint stores; --data CONFIG takes only the data."""
+    _run_eval("detection", args, overrides, data_config, **options)
 
-    cfg = _load(config_file, overrides)
-    evaluate(cfg, checkpoint, metric=metric, split=split, metrics_out=metrics_out,
-             results_out=results_out, device=device, batch_size=batch_size, unsafe_load=unsafe_load)
+
+# ----------------------------------------------------------------------------------------------
+@main.group()
+def classify():
+    """Image classification on the same backbones, trainer and checkpoints (backbone pre-training)."""
+
+
+@classify.command("train")
+@_train_options
+def classify_train(config_file, overrides, **options):
+    """Train the classifier described by CONFIG_FILE (ImageFolder, CIFAR or MNIST data).
+
+    Its checkpoint holds backbone weights a detector loads: --set model.backbone.pretrained=PATH."""
+    _run_train("classification", config_file, overrides, **options)
+
+
+@classify.command("eval")
+@click.option("--confusion-out", type=click.Path(dir_okay=False), default=None,
+              help="Draw the confusion matrix into this PNG file.")
+@_eval_options
+def classify_eval(args, overrides, data_config, **options):
+    """Evaluate a classifier MODEL (checkpoint) on a split: top-1 / top-5 accuracy and a per-class
+    table. CONFIG replaces the config the checkpoint stores."""
+    _run_eval("classification", args, overrides, data_config, **options)
 
 
 @main.command()
-@click.argument("config_file", type=click.Path(dir_okay=False))
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("source")
-@click.option("--conf", type=float, default=0.25, show_default=True,
+@click.argument("args", nargs=-1, required=True, metavar="[CONFIG] MODEL SOURCE")
+@click.option("--conf", type=float, default=DEFAULT_CONF, show_default=True,
               help="Keep (draw, save) detections scoring at least this. Evaluation keeps the config's low "
                    "model.postprocessor.score_threshold, which mAP needs; 0 keeps everything the model returns.")
 @click.option("--iou", type=float, default=None, help="NMS IoU threshold.")
@@ -209,19 +280,53 @@ def eval_cmd(config_file, checkpoint, metric, split, metrics_out, results_out, d
 @click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
 @set_option
 @_friendly_errors
-def infer(config_file, checkpoint, source, conf, iou, max_det, classes, device, batch_size, out_dir,
-          exist_ok, save_vis, save_json, save_txt, show, unsafe_load, overrides):
-    """Run CHECKPOINT on SOURCE: an image, a folder, a glob, a video file or a webcam index."""
+def infer(args, conf, iou, max_det, classes, device, batch_size, out_dir, exist_ok, save_vis, save_json,
+          save_txt, show, unsafe_load, overrides):
+    """Run MODEL (a checkpoint, .onnx or TorchScript file) on SOURCE: an image, a folder, a glob, a video
+    file or a webcam index. CONFIG (optional) replaces the config a checkpoint stores."""
     from detkit.inference.run import infer as run_infer
 
-    cfg = _load(config_file, overrides)
-    result = run_infer(cfg, checkpoint, source, conf=conf, iou=iou, max_det=max_det, classes=classes,
+    config_file, model, source = _split_model_args(args, ("SOURCE",), "detkit infer [CONFIG] MODEL SOURCE")
+    cfg = _load(config_file, overrides) if config_file else None
+    result = run_infer(cfg, model, source, conf=conf, iou=iou, max_det=max_det, classes=classes,
                        device=device, batch_size=batch_size, out_dir=out_dir, exist_ok=exist_ok,
                        save_vis=save_vis, save_json=save_json, save_txt=save_txt, show=show,
-                       unsafe_load=unsafe_load)
+                       unsafe_load=unsafe_load, overrides=() if config_file else overrides)
     click.echo(result.summary())
     if result.error:  # outputs written so far are complete files; the exit status says it stopped early
         sys.exit(1)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "pth"]), default="onnx",
+              show_default=True, help="onnx / torchscript: the graph with its metadata; pth: a stripped checkpoint.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default: beside CHECKPOINT, <stem>.onnx / .torchscript / _deploy.pth).")
+@click.option("--dynamic-batch", is_flag=True, help="Any batch size (default: batch 1).")
+@click.option("--no-nms", is_flag=True, help="Export the raw candidates (boxes, per-class scores) without NMS.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Use this config instead of the one the checkpoint stores.")
+@click.option("--conf", type=float, default=None,
+              help="In-graph score threshold (default: the config's postprocessor value).")
+@click.option("--iou", type=float, default=None, help="In-graph NMS IoU threshold.")
+@click.option("--max-det", type=int, default=None, help="Detections per image (the outputs' fixed size).")
+@click.option("--half/--no-half", default=True, show_default=True, help="pth: store weights as float16.")
+@click.option("--int8", is_flag=True, help="onnx, yolov1: int8 weights and activations (ONNX Runtime static "
+              "quantisation calibrated on the config's validation images); see README Deploy for its speed and mAP.")
+@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@set_option
+@_friendly_errors
+def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, max_det, half, int8, unsafe_load,
+           overrides):
+    """Export CHECKPOINT for deployment: ONNX or TorchScript (YOLOv1 whole, with NMS; R-CNN's region
+    scoring with the proposals as an input), or a stripped checkpoint (weights, config, class names)."""
+    from detkit.deploy.export import export as run_export
+
+    path = run_export(checkpoint, fmt, out, config=config_file, dynamic_batch=dynamic_batch, nms=not no_nms,
+                      conf=conf, iou=iou, max_det=max_det, half=half, int8=int8, unsafe_load=unsafe_load,
+                      overrides=overrides)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @main.command("check-data")
@@ -248,16 +353,19 @@ def data():
 
 @data.command("make-shapes")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--num", type=int, default=500, show_default=True, help="Images in total.")
+@click.option("--mode", type=click.Choice(["detection", "classification"]), default="detection",
+              show_default=True, help="classification: single-shape crops in ImageFolder layout.")
+@click.option("--num", type=int, default=500, show_default=True, help="Images (crops) in total.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels.")
+@click.option("--size", type=int, default=None,
+              help="Image side in pixels (default: 256 for detection, 64 for classification crops).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
 @_friendly_errors
-def make_shapes(out, num, seed, size, val_fraction):
-    """Write a synthetic shapes data set to OUT in VOC layout plus COCO JSON."""
+def make_shapes(out, mode, num, seed, size, val_fraction):
+    """Write a synthetic shapes data set to OUT: VOC layout plus COCO JSON, or classification crops."""
     from detkit.data.shapes import make_shapes as run_make
 
-    summary = run_make(out, num=num, seed=seed, size=size, val_fraction=val_fraction)
+    summary = run_make(out, num=num, seed=seed, size=size, val_fraction=val_fraction, mode=mode)
     click.echo(summary)
 
 

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from detkit.errors import ConfigError
-from detkit.evaluation.names import expand_metrics, metric_keys
+from detkit.evaluation.names import EVAL_DEFAULTS as TASK_EVAL_DEFAULTS
+from detkit.evaluation.names import check_task, metric_keys
 
 __all__ = ["TRAIN_KEYS", "EVAL_KEYS", "TRAIN_DEFAULTS", "EVAL_DEFAULTS", "SECTION_DEFAULTS", "fill_defaults",
-           "check_keys", "check_choice", "check_value", "resolve_train_config", "resolve_eval_config", "resolve_config"]
+           "section_defaults", "check_keys", "check_choice", "check_value", "resolve_train_config",
+           "resolve_eval_config", "resolve_config"]
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,6 @@ def _path_or_none(value, path):
         raise ConfigError(f"{path}: expected a checkpoint path or None, got {value!r}")
 
 
-def _metric(value, path):
-    expand_metrics(value)  # its errors name eval.metric
-
-
 # -- the sections ---------------------------------------------------------------------------------
 # Documented in docs/training.md ("The train and eval sections"); keep the two in step.
 
@@ -117,10 +115,12 @@ TRAIN_KEYS = {
     "find_unused_parameters": Key(False, _boolean),
 }
 EVAL_KEYS = {
-    "metric": Key(["voc07", "voc", "coco"], _metric),
+    # metric and save_best: the detection defaults here; a classification run's come from
+    # names.EVAL_DEFAULTS. Both are checked against the run's task in resolve_eval_config.
+    "metric": Key(TASK_EVAL_DEFAULTS["detection"]["metric"], lambda value, path: None),
     "batch_size": Key(None, _integer(1)),  # None: train.batch_size
     "num_workers": Key(None, _integer(0)),  # None: train.num_workers
-    "save_best": Key("voc07_ap50", lambda value, path: None),  # checked against eval.metric (below)
+    "save_best": Key(TASK_EVAL_DEFAULTS["detection"]["save_best"], lambda value, path: None),
 }
 _SCHEMA = {"train": TRAIN_KEYS, "eval": EVAL_KEYS}
 
@@ -130,12 +130,18 @@ EVAL_DEFAULTS = {key: spec.default for key, spec in EVAL_KEYS.items()}
 SECTION_DEFAULTS = {"train": TRAIN_DEFAULTS, "eval": EVAL_DEFAULTS}
 
 
-def fill_defaults(cfg: Mapping) -> dict:
-    """``cfg`` with every missing ``train`` / ``eval`` key set to its default (a missing section is
-    added whole). A key the config sets keeps its value as it is: a dict value such as
+def section_defaults(task: str = "detection") -> dict:
+    """section -> key -> default for a run of ``task`` (``"detection"`` or ``"classification"``)."""
+    check_task(task)
+    return {"train": TRAIN_DEFAULTS, "eval": {**EVAL_DEFAULTS, **TASK_EVAL_DEFAULTS[task]}}
+
+
+def fill_defaults(cfg: Mapping, task: str = "detection") -> dict:
+    """``cfg`` with every missing ``train`` / ``eval`` key set to its default for ``task`` (a missing
+    section is added whole). A key the config sets keeps its value as it is: a dict value such as
     ``train.optimizer`` is replaced, not merged, since its keys depend on its ``type``."""
     out = dict(cfg)
-    for section, defaults in SECTION_DEFAULTS.items():
+    for section, defaults in section_defaults(task).items():
         given = out.get(section)
         if given is None:
             given = {}
@@ -161,13 +167,13 @@ def check_value(section: str, key: str, value) -> None:
     _SCHEMA[section][key].check(value, f"{section}.{key}")
 
 
-def _section(cfg: Mapping | None, section: str) -> dict:
+def _section(cfg: Mapping | None, section: str, task: str = "detection") -> dict:
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{section}: expected a dict, got {type(cfg).__name__}")
     check_keys(cfg, _SCHEMA[section], section)
-    return fill_defaults({section: cfg})[section]
+    return fill_defaults({section: cfg}, task)[section]
 
 
 def resolve_train_config(train_cfg: Mapping | None) -> dict:
@@ -178,16 +184,18 @@ def resolve_train_config(train_cfg: Mapping | None) -> dict:
     return cfg
 
 
-def resolve_eval_config(eval_cfg: Mapping | None, train_cfg: Mapping | None = None) -> dict:
-    """``eval`` with defaults (batch size and workers default to the training ones)."""
-    cfg = _section(eval_cfg, "eval")
+def resolve_eval_config(eval_cfg: Mapping | None, train_cfg: Mapping | None = None,
+                        task: str = "detection") -> dict:
+    """``eval`` with the defaults of ``task`` (batch size and workers default to the training ones);
+    ``eval.metric`` must name metrics of that task."""
+    cfg = _section(eval_cfg, "eval", task)
     train_cfg = train_cfg or TRAIN_DEFAULTS
     for key in ("batch_size", "num_workers"):
         if cfg[key] is None:
             cfg[key] = train_cfg[key]
     for key in EVAL_KEYS:
         check_value("eval", key, cfg[key])
-    keys = metric_keys(cfg["metric"])
+    keys = metric_keys(cfg["metric"], task)  # its errors name eval.metric
     if cfg["save_best"] is not None and cfg["save_best"] not in keys:
         close = difflib.get_close_matches(str(cfg["save_best"]), keys, n=1, cutoff=0.6)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -197,9 +205,9 @@ def resolve_eval_config(eval_cfg: Mapping | None, train_cfg: Mapping | None = No
 
 
 def resolve_config(cfg: Mapping, *, seed: int | None = None, epochs: int | None = None,
-                   amp: bool | None = None) -> dict:
-    """The whole config a run uses: plain JSON data, ``train`` and ``eval`` filled and checked, with
-    the command line's ``--seed`` / ``--epochs`` / ``--amp`` applied."""
+                   amp: bool | None = None, task: str = "detection") -> dict:
+    """The whole config a run of ``task`` uses: plain JSON data, ``train`` and ``eval`` filled and
+    checked, with the command line's ``--seed`` / ``--epochs`` / ``--amp`` applied."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"the config must be a dict, got {type(cfg).__name__}")
     # The resolved config goes into config.json and every checkpoint: make it plain JSON data now
@@ -216,5 +224,5 @@ def resolve_config(cfg: Mapping, *, seed: int | None = None, epochs: int | None 
     if amp is not None:
         tcfg["amp"] = bool(amp)
     cfg["train"] = tcfg
-    cfg["eval"] = resolve_eval_config(cfg.get("eval"), tcfg)
+    cfg["eval"] = resolve_eval_config(cfg.get("eval"), tcfg, task)
     return cfg

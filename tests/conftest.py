@@ -68,3 +68,29 @@ def fake_dist(tmp_path, monkeypatch):
         sys.modules.pop(mod, None)
     monkeypatch.undo()
     registry.refresh()
+
+
+@pytest.fixture
+def torch_hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache: ``TORCH_HOME`` in a temporary folder; returns its ``hub/checkpoints``
+    folder, where torch.hub (and torchvision's weights API) keep downloaded weights.
+
+    Downloads are limited to 127.0.0.1 while it is active: a test that would reach the internet (a
+    wrong cache file name, say) fails at once instead.
+    """
+    from urllib.parse import urlparse
+
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    assert checkpoints.parent == tmp_path / "torch" / "hub", "torch.hub.set_dir() overrides TORCH_HOME"
+    checkpoints.mkdir(parents=True)
+    download = torch.hub.download_url_to_file
+
+    def local_only(url, *args, **kwargs):
+        assert urlparse(url).hostname == "127.0.0.1", f"a test tried to download {url}"
+        return download(url, *args, **kwargs)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", local_only)
+    return checkpoints

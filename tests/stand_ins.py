@@ -58,3 +58,21 @@ def assert_rejects_bad_inputs(model) -> None:
         model(good, [bad_label])
     with pytest.raises(DataError, match="x2 < x1"):
         model(good, [target([[10, 0, 5, 5]], [0])])
+
+
+def require_component(group: str, name: str, distribution: str | None = None) -> None:
+    """Fail when ``name`` is missing from the registry although what provides it is installed
+    (detkit itself, or the plugin ``distribution``): a broken registry must fail tests, not turn
+    them into skips. Skips only when the plugin ``distribution`` is not installed at all."""
+    import importlib.metadata
+
+    from detkit import registry
+
+    if distribution is not None:
+        try:
+            importlib.metadata.distribution(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip(f"plugin {distribution} is not installed")
+    names = registry.available(group)
+    assert name in names, (f"{group} '{name}' is not in the registry although {distribution or 'detkit'} "
+                           f"is installed; the registry has: {', '.join(names)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import subprocess
 import sys
 
@@ -20,14 +21,16 @@ from torch import nn
 from detkit import registry
 from detkit.errors import CheckpointError, ConfigError
 
-NAMES = [
-    "lenet5", "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn",
-    "nin", "googlenet", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
-]
-TORCHVISION_NAMES = [n for n in NAMES if n not in ("lenet5", "nin")]
+# Every backbone detkit itself registers (plugins test their own): a new entry point is picked up
+# here, and test_every_builtin_backbone_has_facts makes it state its facts below.
+NAMES = sorted(c.name for c in registry.components("backbones", load=False) if c.distribution == "detkit")
+# The networks torchvision defines (and publishes ImageNet weights for) under the same name.
+TORCHVISION_NAMES = ["alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "googlenet", "resnet18",
+                     "resnet34", "resnet50", "mobilenet_v2"]
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+RAW = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # darknet: 0..1 pixels, no normalisation
 VGG = ([128, 256, 512, 512], [4, 8, 16, 32], 32)
 RESNET_STRIDES = [4, 8, 16, 32]
 
@@ -47,18 +50,32 @@ ARCH = {
     "resnet34": ([64, 128, 256, 512], RESNET_STRIDES, 1, True, "conv1.weight", IMAGENET),
     "resnet50": ([256, 512, 1024, 2048], RESNET_STRIDES, 1, True, "conv1.weight", IMAGENET),
     "mobilenet_v2": ([24, 32, 96, 1280], RESNET_STRIDES, 1, True, "features.0.0.weight", IMAGENET),
+    # YOLOv1 paper, Figure 3 (first 20 layers) and darknet's yolo-tiny.cfg.
+    "darknet_yolov1": ([512, 1024, 1024], [8, 16, 32], 1, False, "conv1.conv.weight", RAW),
+    "darknet_yolov1_tiny": ([64, 128, 256, 512, 1024], [4, 8, 16, 32, 64], 1, False, "conv1.conv.weight", RAW),
+    # d2l.ai's code (the course's variants).
+    "lenet5_bn_d2l": ([16], [4], 16, True, "c1.weight", HALF),
+    "alexnet_d2l": ([256, 256], [16, 32], 65, False, "conv1.weight", IMAGENET),
+    "googlenet_d2l": ([192, 480, 832, 1024], [8, 16, 32, 32], 1, False, "b1.0.weight", IMAGENET),
+    "resnet18_d2l": ([64, 128, 256, 512], [1, 2, 4, 8], 1, True, "conv1.weight", IMAGENET),
 }
 CLASSIFIER_PREFIXES = {
     "alexnet": ("classifier.",), "vgg11": ("classifier.",), "vgg11_bn": ("classifier.",),
     "vgg16": ("classifier.",), "vgg16_bn": ("classifier.",), "googlenet": ("fc.", "aux1.", "aux2."),
     "resnet18": ("fc.",), "resnet34": ("fc.",), "resnet50": ("fc.",), "mobilenet_v2": ("classifier.",),
 }
-EXACT = 64  # a multiple of every stride
-SMALL = {"lenet5": 8, "alexnet": 63}  # smallest convenient training size; 32 for the others
+EXACT = 64  # a multiple of every stride (128 for alexnet_d2l, which needs 65 pixels)
+SMALL = {"lenet5": 8, "alexnet": 63, "alexnet_d2l": 65, "lenet5_bn_d2l": 16}  # 32 for the others
+VALID_PADDING = {"alexnet", "alexnet_d2l", "lenet5_bn_d2l"}  # maps are not exactly H / stride
 
 
 def small(name: str) -> int:
+    """Smallest convenient training size."""
     return SMALL.get(name, 32)
+
+
+def exact(name: str) -> int:
+    return EXACT if ARCH[name][2] <= EXACT else 2 * EXACT
 
 
 def build(name: str, **kwargs):
@@ -71,10 +88,12 @@ def _conv(n: int, k: int, s: int, p: int) -> int:
 
 def expected_stage_sizes(name: str, n: int) -> list[int]:
     """Map size after each stage for an n×n input, from the layers' size arithmetic."""
-    if name == "alexnet":  # conv 11/4 p2, pool 3/2 | conv 5 p2, pool | 3 convs 3 p1, pool
-        n = _conv(_conv(n, 11, 4, 2), 3, 2, 0)
+    if name in ("alexnet", "alexnet_d2l"):  # conv 11/4 p2 (d2l: p1), pool 3/2 | conv 5 p2, pool | 3 convs 3 p1, pool
+        n = _conv(_conv(n, 11, 4, 2 if name == "alexnet" else 1), 3, 2, 0)
         s0 = _conv(_conv(n, 5, 1, 2), 3, 2, 0)
         return [s0, _conv(s0, 3, 2, 0)]
+    if name == "lenet5_bn_d2l":  # conv 5 (no padding), avg-pool 2/2 | conv 5, avg-pool 2/2
+        return [_conv(_conv(_conv(_conv(n, 5, 1, 0), 2, 2, 0), 5, 1, 0), 2, 2, 0)]
     # Every other net pads so that a stride-s stage maps an exact multiple n to n / s.
     assert n % 32 == 0
     return [n // s for s in ARCH[name][1]]
@@ -166,8 +185,17 @@ def test_invalid_options_are_config_errors():
         build("lenet5", in_channels=0)
     with pytest.raises(ConfigError, match="activation"):
         build("lenet5", activation="gelu")
-    with pytest.raises(ConfigError, match="never downloads"):
+    with pytest.raises(ConfigError, match="pretrained must be 'imagenet'.*got True"):
         build("lenet5", pretrained=True)
+    with pytest.raises(ConfigError, match="depth must be 20 .* or 24"):
+        build("darknet_yolov1", depth=22)
+    with pytest.raises(ConfigError, match="stem must be one of"):
+        build("resnet18_d2l", stem="cifar")
+
+
+def test_every_builtin_backbone_has_facts():
+    assert set(NAMES) == set(ARCH)
+    assert set(TORCHVISION_NAMES) <= set(NAMES)
 
 
 def test_package_import_is_light():
@@ -195,16 +223,17 @@ def test_forward_shape_and_attributes(name, saved_backbone):
     assert backbone.pixel_mean == pytest.approx(mean) and len(backbone.pixel_mean) == 3
     assert backbone.pixel_std == pytest.approx(std) and len(backbone.pixel_std) == 3
 
-    side = expected_stage_sizes(name, EXACT)[-1]
+    size = exact(name)
+    side = expected_stage_sizes(name, size)[-1]
     with torch.no_grad():
-        out = backbone(torch.rand(1, 3, EXACT, EXACT))
+        out = backbone(torch.rand(1, 3, size, size))
         odd = backbone(torch.rand(1, 3, 70, 100))
     assert isinstance(out, torch.Tensor)
     assert tuple(out.shape) == (1, channels[-1], side, side)
-    if name != "alexnet":  # see alexnet.py: its valid padding loses a cell
-        assert side == EXACT // backbone.stride
+    if name not in VALID_PADDING:  # see alexnet.py: valid padding loses cells
+        assert side == size // backbone.stride
     # feature_sizes (shape inference on the meta device) agrees with a real forward.
-    assert backbone.feature_sizes(EXACT) == [(side, side)]
+    assert backbone.feature_sizes(size) == [(side, side)]
     assert backbone.feature_sizes((70, 100)) == [tuple(odd.shape[-2:])]
 
 
@@ -218,16 +247,17 @@ def test_out_indices_give_declared_levels(name, saved_backbone):
     assert multi.out_channels_list == channels and multi.strides == strides
     assert multi.out_channels == channels[-1] and multi.stride == strides[-1]
 
-    x = torch.rand(1, 3, EXACT, EXACT)
+    size = exact(name)
+    x = torch.rand(1, 3, size, size)
     with torch.no_grad():
         maps = multi(x)
         last = single(x)
-    sizes = expected_stage_sizes(name, EXACT)
+    sizes = expected_stage_sizes(name, size)
     assert isinstance(maps, list) and len(maps) == len(every)
     for fmap, c, n in zip(maps, channels, sizes):
         assert tuple(fmap.shape) == (1, c, n, n)
     torch.testing.assert_close(maps[-1], last, rtol=0, atol=0)
-    assert multi.feature_sizes(EXACT) == [(n, n) for n in sizes]
+    assert multi.feature_sizes(size) == [(n, n) for n in sizes]
 
 
 
@@ -257,16 +287,20 @@ def _stats(bns):
 @pytest.mark.parametrize("name", NAMES)
 def test_frozen_stages_get_no_gradient(name):
     num_stages = len(ARCH[name][0])
-    backbone = build(name, frozen_stages=1, out_indices=[0, num_stages - 1])
+    if num_stages > 1:
+        backbone = build(name, frozen_stages=1, out_indices=[0, num_stages - 1])
+        frozen_paths = backbone.layout.stem.modules + backbone.layout.stages[0].modules
+    else:  # one stage after the stem: freeze the stem only
+        backbone = build(name, frozen_stages=0, out_indices=[0])
+        frozen_paths = backbone.layout.stem.modules
     backbone.train()
-    frozen_paths = backbone.layout.stem.modules + backbone.layout.stages[0].modules
     frozen = {id(p) for path in frozen_paths for p in backbone.get_submodule(path).parameters()}
     frozen_bns = [bn for path in frozen_paths for bn in _batchnorms(backbone.get_submodule(path))]
     before = _stats(frozen_bns)
 
-    stage0, last = backbone(torch.rand(2, 3, small(name), small(name)))
+    *first, last = backbone(torch.rand(2, 3, small(name), small(name)))
     # Nothing upstream of stage 0's output is trainable; the last map is.
-    assert not stage0.requires_grad
+    assert all(not stage0.requires_grad for stage0 in first)
     assert last.requires_grad
     last.square().mean().backward()
 
@@ -364,13 +398,14 @@ def test_detkit_checkpoint_backbone_keys_load(name, saved_backbone, tmp_path):
 
 
 @pytest.mark.parametrize("name", TORCHVISION_NAMES)
-def test_torchvision_state_dict_loads_unchanged(name, tmp_path, caplog):
+def test_torchvision_weights_load_unchanged_from_the_hub_cache_and_from_a_path(name, torch_hub_cache, caplog):
     net, trunk = torchvision_reference(name)
     net.train()
     with torch.no_grad():  # non-default BatchNorm statistics, so buffers are compared too
         trunk(torch.rand(2, 3, small(name), small(name)))
     net.eval()
-    path = tmp_path / f"{name}.pth"
+    # Where torchvision's own `weights=` loading keeps its published file: no network is needed.
+    path = torch_hub_cache / os.path.basename(torchvision.models.get_model_weights(name).DEFAULT.url)
     tv_state = net.state_dict()
     for key in [k for k in tv_state if k.startswith(CLASSIFIER_PREFIXES[name])]:
         if tv_state[key].numel() > 1_000_000:
@@ -380,13 +415,15 @@ def test_torchvision_state_dict_loads_unchanged(name, tmp_path, caplog):
     torch.save(tv_state, path)
 
     with caplog.at_level(logging.WARNING):
-        backbone = build(name, pretrained=str(path), strict=True).eval()
+        backbone = build(name, pretrained="imagenet", strict=True).eval()
+        from_path = build(name, pretrained=str(path), strict=True).eval()
     path.unlink()  # VGG files are ~0.5 GB
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
     classifier = tuple(k for k in tv_state if k.startswith(CLASSIFIER_PREFIXES[name]))
     assert classifier  # the file really had a classifier to drop
     assert set(backbone.state_dict()) == set(tv_state) - set(classifier)
+    assert all(torch.equal(from_path.state_dict()[k], v) for k, v in backbone.state_dict().items())
 
     x = torch.rand(1, 3, EXACT, EXACT)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
 
-from detkit.ops import BoxCoder, box_iou, clip_boxes, remove_small_boxes
+from detkit.ops import BoxCoder, box_iou, clip_boxes
 
 
 def random_boxes(k, generator, dtype=torch.float32, min_size=1.0, max_size=120.0):
@@ -90,13 +90,11 @@ def test_clip_boxes_hand_computed():
         clip_boxes(boxes, (10, 10, 3))
 
 
-def test_box_iou_and_remove_small_boxes_hand_computed():
+def test_box_iou_hand_computed():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 6.0, 6.0]])
     torch.testing.assert_close(box_iou(a, b), torch.tensor([[1 / 7, 1.0, 0.0]]))
     assert box_iou(a[None].repeat(4, 1, 1), b[None].repeat(4, 1, 1)).shape == (4, 1, 3)
-    small = torch.tensor([[0.0, 0.0, 1.0, 5.0], [0.0, 0.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0]])
-    assert remove_small_boxes(small, 2.0).tolist() == [1, 2]
 
 
 def test_importing_detkit_ops_imports_neither_torch_nor_torchvision():

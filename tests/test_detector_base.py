@@ -215,15 +215,16 @@ def test_grey_backbone_trains_evaluates_and_predicts_from_rgb_data(kind, shapes,
     ckpt = save_checkpoint(tmp_path / "grey.pth", {"model": model.state_dict(),
                                                    "class_names": list(train_set.classes)})
     predictor = Predictor({"model": cfg, "data": {"classes": list(train_set.classes),
-                                                  "val": {"transforms": {"size": 64}}}}, ckpt, device="cpu")
+                                                  "val": {"transforms": {"size": 64}}}}, ckpt, device="cpu",
+                          conf=None)
     photo = train_set.load_image(0)
     assert photo.shape == (80, 80, 3)
     [det] = predictor.predict(photo)
     batch, _ = predictor.preprocess([photo])
     with torch.no_grad():
         [own] = model.eval()(batch)
-    torch.testing.assert_close(det["boxes"], own["boxes"] / 0.8)
-    torch.testing.assert_close(det["scores"], own["scores"])
+    torch.testing.assert_close(det.boxes, own["boxes"] / 0.8)
+    torch.testing.assert_close(det.scores, own["scores"])
 
 
 def test_proposal_generators_get_grey_images_as_three_equal_channels():

@@ -82,15 +82,15 @@ def test_predictor_maps_boxes_to_original_pixels(setup, tmp_path):
     path_b = write_image(tmp_path / "b.png", h=50, w=80)
     dets = predictor.predict([img_a, path_b])
     assert len(dets) == 2
-    torch.testing.assert_close(dets[0]["boxes"][0], torch.tensor(expected_box(120, 200)), atol=1e-3, rtol=0)
-    torch.testing.assert_close(dets[1]["boxes"][0], torch.tensor(expected_box(50, 80)), atol=1e-3, rtol=0)
-    assert predictor.predict(img_a)[0]["labels"].tolist() == [0, 1]  # a single image works too
+    torch.testing.assert_close(dets[0].boxes[0], torch.tensor(expected_box(120, 200)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(dets[1].boxes[0], torch.tensor(expected_box(50, 80)), atol=1e-3, rtol=0)
+    assert predictor.predict(img_a)[0].labels.tolist() == [0, 1]  # a single image works too
     with pytest.raises(ValueError, match="uint8 RGB arrays"):
         predictor.predict([np.zeros((10, 10), np.float32)])
 
 
 def test_conf_override_reaches_the_postprocessor_config(setup):
-    from detkit.inference.predictor import _postprocessor_overrides
+    from detkit.deploy.backends import postprocessor_overrides as _postprocessor_overrides
 
     cfg = {"model": {"type": "x", "postprocessor": {"type": "batched_nms", "score_threshold": 0.05}}}
     out = _postprocessor_overrides(cfg, 0.3, 0.45, 10)
@@ -107,10 +107,10 @@ def test_conf_filters_final_detections_without_a_postprocessor(setup):
 
     cfg, ckpt = setup  # the stand-in scores its two boxes 0.9 and 0.4 and has no postprocessor
     image = np.zeros((40, 60, 3), np.uint8)
-    assert Predictor(cfg, ckpt, device="cpu").predict(image)[0]["scores"].tolist() == pytest.approx([0.9, 0.4])
+    assert Predictor(cfg, ckpt, device="cpu").predict(image)[0].scores.tolist() == pytest.approx([0.9, 0.4])
     kept = Predictor(cfg, ckpt, device="cpu", conf=0.5).predict(image)[0]
-    assert kept["scores"].tolist() == pytest.approx([0.9]) and kept["labels"].tolist() == [0]
-    assert kept["boxes"].shape == (1, 4)
+    assert kept.scores.tolist() == pytest.approx([0.9]) and kept.labels.tolist() == [0]
+    assert kept.boxes.shape == (1, 4)
 
 
 def test_folder_outputs_json_txt_and_drawn_images(setup, tmp_path):

@@ -131,8 +131,8 @@ def test_step_with_warmup_matches_torch_chained_linear_and_multistep():
 
 
 def test_yolov1_schedule_is_the_papers():
-    """135 epochs: 1e-3 rising to 1e-2 over 5 epochs, 1e-2 until epoch 80 (75 epochs after warm-up),
-    1e-3 for 30 epochs, 1e-4 for the last 30."""
+    """135 epochs: 1e-3 rising to 1e-2 over 5 epochs, 1e-2 until epoch 75 (75 epochs at 1e-2, the
+    warm-up included), then 1e-3 for 30 epochs and 1e-4 for the last 30."""
     ipe = 4
     sched = build_scheduler(one_param_opt(lr=1e-2), dict(type="yolov1"), epochs=135, iters_per_epoch=ipe)
 
@@ -143,9 +143,18 @@ def test_yolov1_schedule_is_the_papers():
     assert lr_at(0) == pytest.approx(1e-3)
     assert lr_at(2.5) == pytest.approx(1e-3 + (1e-2 - 1e-3) * 0.5)
     assert lr_at(5) == pytest.approx(1e-2)
-    assert lr_at(79, ipe - 1) == pytest.approx(1e-2)
-    assert lr_at(80) == pytest.approx(1e-3) and lr_at(109, ipe - 1) == pytest.approx(1e-3)
-    assert lr_at(110) == pytest.approx(1e-4) and lr_at(134, ipe - 1) == pytest.approx(1e-4)
+    assert lr_at(74, ipe - 1) == pytest.approx(1e-2)
+    assert lr_at(75) == pytest.approx(1e-3) and lr_at(104, ipe - 1) == pytest.approx(1e-3)
+    assert lr_at(105) == pytest.approx(1e-4) and lr_at(134, ipe - 1) == pytest.approx(1e-4)
+    # Iterations per phase over the whole run (the warm-up's first iteration is also at 1e-3, so the
+    # phases are told apart by position): the paper's 75 / 30 / 30 epochs.
+    lrs = []
+    for it in range(135 * ipe):
+        sched.set_iter(it)
+        lrs.append(sched.get_last_lr()[0])
+    first_drop = next(i for i in range(5 * ipe, len(lrs)) if lrs[i] < 5e-3)
+    second_drop = next(i for i in range(first_drop, len(lrs)) if lrs[i] < 5e-4)
+    assert (first_drop, second_drop - first_drop, len(lrs) - second_drop) == (75 * ipe, 30 * ipe, 30 * ipe)
 
 
 def test_schedule_config_errors_and_warnings(caplog):
@@ -160,7 +169,7 @@ def test_schedule_config_errors_and_warnings(caplog):
         build_scheduler(opt, dict(type="step", milestones=[3, 1]), epochs=4, iters_per_epoch=2)
     with caplog.at_level(logging.WARNING, logger="detkit"):
         build_scheduler(opt, dict(type="yolov1"), epochs=10, iters_per_epoch=2)
-    assert any("[80, 110] are at or beyond train.epochs=10" in r.message for r in caplog.records)
+    assert any("[75, 105] are at or beyond train.epochs=10" in r.message for r in caplog.records)
 
 
 def test_scheduler_state_resumes_at_the_saved_iteration():

@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from detkit import registry
+from stand_ins import require_component
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_short_raccoon_schedule_beats_the_untrained_model(raccoon_root, tmp_path):
-    if "efficientnet_lite0" not in registry.available("backbones"):
-        pytest.skip("the detkit-efficientnet-lite plugin is not installed")
+    require_component("backbones", "efficientnet_lite0", "detkit-efficientnet-lite")
     from detkit.config import load_config
     from detkit.engine.runner import train
     from detkit.evaluation.run import evaluate

@@ -28,7 +28,7 @@ from detkit.models.losses.region_loss import RegionLoss
 from detkit.models.proposals.precomputed import write_proposals
 from detkit.models.sampler import RegionSampler
 from detkit.structures import boxes_to_original, check_detections
-from stand_ins import TinyBackbone, assert_rejects_bad_inputs, target
+from stand_ins import TinyBackbone, assert_rejects_bad_inputs, require_component, target
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_CLASSES = (
@@ -597,8 +597,7 @@ def test_configs_load_state_the_fast_rcnn_setup_and_build(name, classes):
 
 
 def test_voc_config_runs_with_selective_search_when_the_plugin_is_installed(tmp_path):
-    if "selective_search" not in registry.available("proposals"):
-        pytest.skip("plugin detkit-selective-search is not installed")
+    require_component("proposals", "selective_search", "detkit-selective-search")
     cfg = load_config(REPO / "configs" / "rcnn_voc.py")["model"]
     cfg["proposals"]["cache_dir"] = str(tmp_path / "cache")
     model = build_detector(cfg, VOC_CLASSES).eval()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,8 @@ from detkit.errors import (
     RegistryError,
     UnknownComponentError,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_MODULE = """
 class Tiny:
@@ -118,7 +122,8 @@ class _Tiny:
 
 
 class _Parent:
-    def __init__(self, backbone, scale: int = 1):
+    # The annotation makes ``backbone`` a nested component, built before the call.
+    def __init__(self, backbone: registry.Component["backbones"], scale: int = 1):
         self.backbone, self.scale = backbone, scale
 
 
@@ -192,9 +197,11 @@ def test_spec_annotation_hands_child_over_unbuilt_with_defaults():
         assert parent.backbone.width == 9.0
 
 
-def test_defaults_are_dropped_for_factories_that_do_not_take_them_and_missing_required_is_named():
+def test_a_default_the_factory_does_not_take_is_an_error_and_missing_required_is_named():
     with registry.register("backbones", "t_def", _Tiny), registry.register("detectors", "t_need", _SpecParent):
-        assert registry.build("backbones", dict(type="t_def"), num_classes=3).depth == 3
+        # Was silently dropped before issue 14; now an error naming the factory and the parameter.
+        with pytest.raises(ConfigError, match=r"backbone 't_def' \(.*_Tiny\) has no parameter 'num_classes'"):
+            registry.build("backbones", dict(type="t_def"), num_classes=3)
         with pytest.raises(ConfigError, match="model: detector 't_need' needs 'num_classes'"):
             registry.build("detectors", dict(type="t_need", backbone=dict(type="t_def")), path="model")
 
@@ -215,3 +222,151 @@ def test_factory_value_errors_are_reported_with_the_path():
     with registry.register("heads", "t_picky", Picky):
         with pytest.raises(ConfigError, match=r"model.head: building head 't_picky' failed: size must be positive"):
             registry.build("heads", dict(type="t_picky", size=0), path="model.head")
+
+
+# -- nesting is declared by annotations, never by a parameter's name (issue 14) --------------------
+
+PLUGIN_PARENTS = """
+from __future__ import annotations   # every annotation below is a string until resolved
+
+from typing import TYPE_CHECKING, Optional
+
+from detkit.registry import Spec
+
+if TYPE_CHECKING:
+    from some_package_that_is_not_installed import Thing
+
+
+class OptionalParent:
+    def __init__(self, head: Optional[Spec] = None, num_classes: int = 1):
+        self.head = None if head is None else head.build(num_classes=num_classes)
+        self.head_spec = head
+
+
+class PipeParent:
+    def __init__(self, extra: Spec["heads"] | None = None, thing: Thing | None = None):
+        self.extra, self.thing = extra, thing
+
+
+class UnresolvableSpec:
+    def __init__(self, head: Spec | Thing = None):
+        self.head = head
+"""
+
+PLUGIN_LOSSES = """
+class NClassesLoss:
+    def __init__(self, n_classes: int = 1, weight: float = 1.0):
+        self.n_classes = n_classes
+
+class KwargsLoss:
+    def __init__(self, weight: float = 1.0, **kwargs):
+        self.num_classes = kwargs["num_classes"]
+"""
+
+
+class _Heads:
+    def __init__(self, num_classes: int = 1, depth: int = 1):
+        self.num_classes, self.depth = num_classes, depth
+
+
+def test_a_parameter_named_like_a_component_is_plain_data_unless_annotated():
+    class TakesDicts:  # 'loss' and 'head' here are settings, not components
+        def __init__(self, loss: dict | None = None, head=None):
+            self.loss, self.head = loss, head
+
+    with registry.register("datasets", "t_plain", TakesDicts):
+        built = registry.build("datasets", dict(type="t_plain", loss=dict(type="not_a_loss", w=2),
+                                                head=dict(type="no_such_head")))
+    assert built.loss == {"type": "not_a_loss", "w": 2} and built.head == {"type": "no_such_head"}
+
+
+def test_optional_spec_and_pipe_none_annotations_in_a_plugin_module(fake_dist):
+    fake_dist("acme-parents", {"detkit.detectors": {"acme_optional": "acme_parents.m:OptionalParent",
+                                                   "acme_pipe": "acme_parents.m:PipeParent"}},
+              modules={"acme_parents/m.py": PLUGIN_PARENTS})
+    with registry.register("heads", "t_heads", _Heads):
+        # Optional[Spec] (a string annotation): handed over unbuilt, built by the parent with its default
+        parent = registry.build("detectors", dict(type="acme_optional", head=dict(type="t_heads", depth=2),
+                                                  num_classes=5))
+        assert isinstance(parent.head_spec, registry.Spec) and parent.head_spec.path == "detector.head"
+        assert (parent.head.num_classes, parent.head.depth) == (5, 2)
+        # validated before anything is built, with the dotted path
+        with pytest.raises(ConfigError, match=r"model\.head\.dpth: .*Did you mean 'depth'"):
+            registry.build("detectors", dict(type="acme_optional", head=dict(type="t_heads", dpth=2)),
+                           path="model")
+        assert registry.build("detectors", dict(type="acme_optional")).head is None
+        # Spec["heads"] | None on a parameter whose name says nothing; the other parameter's
+        # annotation names a class imported under TYPE_CHECKING only and is simply not a component.
+        pipe = registry.build("detectors", dict(type="acme_pipe", extra=dict(type="t_heads"),
+                                                thing=dict(type="t_heads")))
+        assert isinstance(pipe.extra, registry.Spec) and pipe.extra.group == "heads"
+        assert pipe.thing == {"type": "t_heads"}
+
+
+def test_unresolvable_or_groupless_component_annotations_are_errors_naming_the_parameter(fake_dist):
+    fake_dist("acme-bad", {"detkit.detectors": {"acme_unresolvable": "acme_bad.m:UnresolvableSpec"}},
+              modules={"acme_bad/m.py": PLUGIN_PARENTS})
+    with pytest.raises(RegistryError, match=r"acme_unresolvable.*parameter 'head' cannot be evaluated"):
+        registry.build("detectors", dict(type="acme_unresolvable"))
+
+    class Groupless:
+        def __init__(self, refiner: registry.Spec = None):
+            self.refiner = refiner
+
+    with registry.register("detectors", "t_groupless", Groupless):
+        with pytest.raises(RegistryError, match=r"parameter 'refiner' is annotated Spec without a group.*"
+                                                r"Spec\['<group>'\]"):
+            registry.build("detectors", dict(type="t_groupless"))
+    with pytest.raises(RegistryError, match="unknown component group 'head'"):
+        registry.Spec["head"]
+
+
+def test_component_annotation_builds_the_child_and_requires_a_type():
+    class Wrapper:
+        def __init__(self, dataset: registry.Component["datasets"] | None = None, repeat: int = 1):
+            self.dataset = dataset
+
+    with registry.register("datasets", "t_inner", _Tiny), registry.register("datasets", "t_wrap", Wrapper):
+        wrapped = registry.build("datasets", dict(type="t_wrap", dataset=dict(type="t_inner", depth=4)))
+        assert isinstance(wrapped.dataset, _Tiny) and wrapped.dataset.depth == 4
+        with pytest.raises(ConfigError, match=r"data\.train\.dataset: missing 'type'"):
+            registry.build("datasets", dict(type="t_wrap", dataset=dict(depth=4)), path="data.train")
+
+
+def test_a_plugin_loss_without_num_classes_fails_naming_factory_and_parameter(fake_dist):
+    from detkit.models.builder import build_detector
+
+    fake_dist("acme-losses", {"detkit.losses": {"acme_n_loss": "acme_losses.m:NClassesLoss",
+                                               "acme_kw_loss": "acme_losses.m:KwargsLoss"}},
+              modules={"acme_losses/m.py": PLUGIN_LOSSES})
+    model = dict(type="yolov1", backbone=dict(type="lenet5"), head=dict(type="yolov1", mode="conv", grid_size=2),
+                 postprocessor=dict(type="batched_nms"))
+    with pytest.raises(ConfigError) as err:
+        build_detector(dict(model, loss=dict(type="acme_n_loss")), ["a", "b", "c"])
+    msg = str(err.value)
+    assert msg.startswith("model.loss: loss 'acme_n_loss' (acme_losses.m:NClassesLoss) has no parameter "
+                          "'num_classes'")
+    assert "Is its parameter 'n_classes' meant to be 'num_classes'?" in msg
+    # a factory that takes **kwargs accepts what the detector passes
+    built = build_detector(dict(model, loss=dict(type="acme_kw_loss")), ["a", "b", "c"])
+    assert built.loss.num_classes == 3
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.py")))
+def test_every_shipped_config_builds_its_model_and_validates_its_data(name):
+    # Nesting and the values detectors pass to their children (in_channels, num_classes, stride)
+    # must hold for every recipe, plugins' components included. On the meta device: no weights.
+    import torch
+
+    from detkit.config import load_config
+    from detkit.tasks import task_of_config
+
+    cfg = load_config(REPO / "configs" / name)
+    classes = cfg["data"].get("classes") or ["a", "b"]
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # loading pretrained files into meta tensors is a no-op
+        model = task_of_config(cfg).build_model(cfg["model"], classes)  # a detector or a classifier
+    assert model.num_classes == len(classes) and model.head.num_classes == len(classes)
+    for split in ("train", "val"):
+        spec = registry.Spec("datasets", cfg["data"][split], f"data.{split}")
+        assert spec.accepts("classes")  # what data/builder.py passes to every dataset

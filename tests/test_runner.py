@@ -290,6 +290,11 @@ def test_evaluate_refuses_mismatched_classes(tiny, tmp_path):
     cfg = tiny_cfg(epochs=1)
     model = TinyDet(3)
     save_checkpoint(tmp_path / "c.pth", {"model": model.state_dict(), "class_names": ["a", "b", "c"]})
+    with pytest.raises(ConfigError, match=r"c.pth has 3 classes but the config's data.classes has 2: "
+                                          r"\['a', 'b', 'c'\] vs \['a', 'b'\]"):
+        evaluate(cfg, tmp_path / "c.pth", metric="voc07", device="cpu")
+    # Without a class list in the config, the data set's classes are checked against the model's.
+    del cfg["data"]["classes"]
     with pytest.raises(ConfigError, match=r"classes \['a', 'b', 'c'\] but data.val has \['a', 'b'\]"):
         evaluate(cfg, tmp_path / "c.pth", metric="voc07", device="cpu")
 

@@ -31,7 +31,7 @@ import torch
 
 from detkit.structures import identity_meta
 
-__all__ = ["Annotation", "DetectionDataset"]
+__all__ = ["Annotation", "ImageDataset", "DetectionDataset"]
 
 
 @dataclass
@@ -58,8 +58,9 @@ class Annotation:
                         else np.asarray(self.iscrowd, dtype=bool).reshape(k))
 
 
-class DetectionDataset(torch.utils.data.Dataset):
-    """Common behaviour of all detection datasets (see module docstring for the contract)."""
+class ImageDataset(torch.utils.data.Dataset):
+    """What detection and classification data sets share: the class list and the sample transforms
+    (a dict is built with :func:`detkit.data.transforms.build_transforms`)."""
 
     def __init__(self, classes: Sequence[str], transforms: Callable | dict | None = None):
         if not classes:
@@ -74,6 +75,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+class DetectionDataset(ImageDataset):
+    """Common behaviour of all detection datasets (see module docstring for the contract)."""
 
     # -- to implement --------------------------------------------------------------------------
     def __len__(self) -> int:

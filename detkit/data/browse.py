@@ -53,8 +53,10 @@ def browse(cfg: dict, split: str = "train", out_dir: str = "runs/browse", num: i
 
     from detkit.data.builder import build_dataset
     from detkit.draw import draw_ground_truth
+    from detkit.tasks import DETECTION, check_dataset_task
 
     dataset = build_dataset(cfg, split)
+    check_dataset_task(dataset, DETECTION, f"data.{split}", "data show draws boxes of detection data")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     use_transforms = transformed and dataset.transforms is not None

@@ -123,6 +123,7 @@ def _check_one(dataset, index: int) -> _Sample:
 def check_split(cfg: dict, split: str, workers: int | None = None, progress: bool = True) -> SplitReport:
     """Build the dataset of ``split`` and read every sample once; returns the counts."""
     from detkit.data.builder import build_dataset
+    from detkit.tasks import DETECTION, check_dataset_task
 
     defined = data_splits(cfg)
     if split not in defined:
@@ -130,6 +131,7 @@ def check_split(cfg: dict, split: str, workers: int | None = None, progress: boo
     report = SplitReport(split=split, dataset=str(cfg["data"][split]["type"]))
     try:
         dataset = build_dataset(cfg, split)
+        check_dataset_task(dataset, DETECTION, f"data.{split}", "check-data reads detection data")
     except DetkitError as exc:  # e.g. a root that is not a VOC folder: report it, check the other splits
         report.build_error = str(exc)
         return report

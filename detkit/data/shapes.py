@@ -12,6 +12,20 @@
 and :class:`ShapesDataset` reads it back (a :class:`~detkit.data.voc.VOCDataset` whose classes
 default to :data:`CLASSES`).
 
+``make_shapes(out, mode="classification", size=64)`` writes single-shape crops of the same scenes
+instead, in ImageFolder layout (``detkit classify``'s ``image_folder`` data set reads them)::
+
+    out/train/<class>/SSSSSS_K.jpg         shape K of scene S: a square crop around its box, size x size
+    out/val/<class>/...                    crops of other scenes (no scene gives crops to both splits)
+    out/classes.txt, out/README.md
+
+Each crop is the shape's box widened to a square with ``CROP_CONTEXT`` (15%) of its side as context on
+each side (shifted to stay inside the scene), cut from the 256 px scene and resized (area
+interpolation). It holds what the detector sees around that object: background clutter and, where
+shapes overlap, parts of their neighbours. ``num`` counts crops; scenes are drawn in order until both
+splits are full. Use a different ``seed`` from the detection set's so that pre-training never sees
+the detector's validation images.
+
 What the images hold, and why:
 
 * Five classes told apart by **outline only**: circle, square, triangle, star, cross. Colours are
@@ -37,6 +51,7 @@ columns ``c0..c1`` (0-based) gets ``xmin=c0+1, xmax=c1+1``, i.e. the continuous 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -49,7 +64,7 @@ import numpy as np
 from detkit.data.voc import VOCDataset
 from detkit.errors import DataError
 
-__all__ = ["CLASSES", "MIN_VISIBLE", "ShapesDataset", "make_shapes", "render_image"]
+__all__ = ["CLASSES", "CROP_CONTEXT", "MIN_VISIBLE", "ShapesDataset", "crop_shapes", "make_shapes", "render_image"]
 
 CLASSES = ("circle", "square", "triangle", "star", "cross")
 MIN_VISIBLE = 0.5  # an earlier shape must keep at least this fraction of its pixels visible
@@ -57,6 +72,9 @@ MAX_SHAPES = 4
 SIZE_RANGE = (0.12, 0.45)  # shape extent as a fraction of the image side
 _PLACEMENT_TRIES = 12
 _README_MARKER = "<!-- detkit synthetic shapes data set -->"
+MODES = ("detection", "classification")
+CROP_CONTEXT = 0.15  # context around a shape in a classification crop, per side, as a fraction of its side
+_SCENE_SIZE = 256  # the scenes classification crops are cut from
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,8 +292,9 @@ def _image_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def _prepare_out(out: Path) -> None:
-    """Create ``out``; refuse to write into a non-empty folder that is not an earlier shapes set."""
+def _prepare_out(out: Path, mode: str) -> None:
+    """Create ``out``; refuse to write into a non-empty folder that is not an earlier shapes set of
+    the same mode."""
     readme = out / "README.md"
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
@@ -283,12 +302,21 @@ def _prepare_out(out: Path) -> None:
         if not (readme.is_file() and _README_MARKER in readme.read_text(encoding="utf-8", errors="replace")):
             raise DataError(f"{out}: folder is not empty and does not hold a detkit shapes data set; "
                             "choose an empty or new folder")
-        # An earlier shapes set: remove its images and XML so no stale file outlives the new split.
+        other = "train" if mode == "detection" else "JPEGImages"
+        if (out / other).is_dir():
+            raise DataError(f"{out}: holds a shapes data set of the other mode; choose another folder for "
+                            f"the {mode} set")
+        # An earlier shapes set: remove its images so no stale file outlives the new split.
+        if mode == "classification":
+            for split in ("train", "val"):
+                shutil.rmtree(out / split, ignore_errors=True)
         for sub, pattern in (("JPEGImages", "[0-9]*.jpg"), ("Annotations", "[0-9]*.xml")):
             for f in (out / sub).glob(pattern):
                 f.unlink()
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "annotations"):
+    subdirs = ("JPEGImages", "Annotations", "ImageSets/Main", "annotations") if mode == "detection" else ()
+    for sub in subdirs:
         (out / sub).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _init_worker() -> None:
@@ -302,25 +330,32 @@ def _auto_workers(num: int) -> int:
     return 1 if num < 200 else max(1, min(4, os.cpu_count() or 1))
 
 
-def make_shapes(out: str | os.PathLike, num: int = 500, seed: int = 0, size: int = 256,
-                val_fraction: float = 0.2, workers: int | None = None) -> str:
-    """Generate the synthetic shapes data set into ``out`` (VOC layout + COCO JSON); returns a summary.
+def make_shapes(out: str | os.PathLike, num: int = 500, seed: int = 0, size: int | None = None,
+                val_fraction: float = 0.2, workers: int | None = None, mode: str = "detection") -> str:
+    """Generate the synthetic shapes data set into ``out``; returns a summary.
 
-    The first ``num - round(num * val_fraction)`` images form ``train``, the rest ``val``.
-    ``workers`` processes render in parallel (default: several for >= 200 images); the output does
-    not depend on it.
+    ``mode="detection"``: ``num`` images of ``size`` (default 256) px in VOC layout + COCO JSON; the
+    first ``num - round(num * val_fraction)`` images form ``train``, the rest ``val``. ``workers``
+    processes render in parallel (default: several for >= 200 images); the output does not depend on it.
+    ``mode="classification"``: ``num`` single-shape crops of ``size`` (default 64) px in ImageFolder
+    layout (see the module docstring), ``round(num * val_fraction)`` of them in ``val``.
     """
+    if mode not in MODES:
+        raise DataError(f"make-shapes: --mode must be one of {', '.join(MODES)}, got {mode!r}")
+    size = size if size is not None else (256 if mode == "detection" else 64)
     if num < 1:
         raise DataError(f"make-shapes: --num must be at least 1, got {num}")
-    if size < 32:
-        raise DataError(f"make-shapes: --size must be at least 32 pixels, got {size}")
+    if size < (32 if mode == "detection" else 8):
+        raise DataError(f"make-shapes: --size must be at least {32 if mode == 'detection' else 8} pixels, got {size}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"make-shapes: --val-fraction must lie in [0, 1), got {val_fraction}")
+    if mode == "classification":
+        return _make_crops(Path(out), num, seed, size, val_fraction)
     from detkit.data.convert import voc_to_coco
 
     start = time.perf_counter()
     out = Path(out)
-    _prepare_out(out)
+    _prepare_out(out, mode)
     workers = _auto_workers(num) if workers is None else max(1, int(workers))
     indices = list(range(num))
     if workers == 1:
@@ -383,6 +418,74 @@ earlier ones; a box is always the full extent of its shape, and every shape stay
 
 Train on it with `configs/_base_/datasets/shapes.py` (dataset type `shapes`).
 """
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification crops
+# ----------------------------------------------------------------------------------------------
+def crop_shapes(image: np.ndarray, boxes: np.ndarray, size: int, context: float = CROP_CONTEXT) -> list[np.ndarray]:
+    """One ``size`` x ``size`` crop per box of ``image``: the box widened to a square with ``context``
+    of its side on each side, shifted to stay inside the image, resized with area interpolation."""
+    height, width = image.shape[:2]
+    crops = []
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        side = min(max(x1 - x0, y1 - y0) * (1 + 2 * context), width, height)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        left = int(round(min(max(cx - side / 2, 0), width - side)))
+        top = int(round(min(max(cy - side / 2, 0), height - side)))
+        side = int(round(side))
+        crops.append(cv2.resize(image[top:top + side, left:left + side], (size, size),
+                                interpolation=cv2.INTER_AREA))
+    return crops
+
+
+def _make_crops(out: Path, num: int, seed: int, size: int, val_fraction: float) -> str:
+    start = time.perf_counter()
+    _prepare_out(out, "classification")
+    num_val = int(round(num * val_fraction))
+    quota = {"train": num - num_val, "val": num_val}
+    counts = {split: np.zeros(len(CLASSES), np.int64) for split in quota}
+    for split in quota:
+        for name in CLASSES:
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+    scene, scenes = 0, {"train": 0, "val": 0}
+    for split in ("train", "val"):
+        # Whole scenes per split: no scene gives crops to both.
+        while counts[split].sum() < quota[split]:
+            image, boxes, labels, _ = render_image(seed, scene, _SCENE_SIZE)
+            for k, (crop, label) in enumerate(zip(crop_shapes(image, boxes, size), labels.tolist())):
+                if counts[split].sum() >= quota[split]:
+                    break
+                path = out / split / CLASSES[label] / f"{_image_id(scene)}_{k}.jpg"
+                ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                                           [cv2.IMWRITE_JPEG_QUALITY, 95])
+                if not ok:
+                    raise DataError(f"{path}: OpenCV failed to encode the image")
+                path.write_bytes(encoded.tobytes())
+                counts[split][label] += 1
+            scene += 1
+            scenes[split] += 1
+    (out / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES), encoding="utf-8")
+    (out / "README.md").write_text(f"""{_README_MARKER}
+# Synthetic shapes, classification crops
+
+Generated by `detkit data make-shapes --mode classification` (detkit.data.shapes) with num={num},
+seed={seed}, size={size}, val_fraction={val_fraction}: {quota['train']} train crops from {scenes['train']} scenes,
+{quota['val']} val crops from {scenes['val']} other scenes ({_SCENE_SIZE} px scenes of the detection generator).
+Each crop is one shape's box widened to a square with {CROP_CONTEXT:.0%} context per side, resized to
+{size}x{size}. The same arguments always give the same files.
+
+    train/<class>/SSSSSS_K.jpg     shape K of scene S
+    val/<class>/...
+
+Train a classifier on it with `detkit classify train configs/classify_shapes_resnet18.py`.
+""", encoding="utf-8")
+    return (
+        f"wrote {num} crops ({quota['train']} train from {scenes['train']} scenes, {quota['val']} val from "
+        f"{scenes['val']} scenes) of {size}x{size} px to {out} in {time.perf_counter() - start:.1f} s\n"
+        + "\n".join(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in zip(CLASSES, counts[split].tolist()))
+                    for split in quota)
+    )
 
 
 class ShapesDataset(VOCDataset):

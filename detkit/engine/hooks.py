@@ -14,7 +14,8 @@ prio   hook                  does
 50     BestMetricHook        after_epoch: tracks the best value of ``eval.save_best``
 60     CheckpointHook        after_epoch: last.pth, epoch_N.pth (keep last k), best_<metric>.pth
 80     LoggerHook            progress bar or log lines, metrics.jsonl, TensorBoard (if installed)
-90     PlotHook              after_epoch: plots/loss.png, plots/map.png, plots/lr.png
+90     PlotHook              after_epoch: plots/loss.png, map.png (accuracy.png), lr.png,
+                             confusion.png (a classifier's latest evaluation)
 =====  ====================  ===========================================================
 
 The order matters where hooks read each other's results: the timer measures before the logger
@@ -47,7 +48,7 @@ from detkit.checkpoint import link_or_copy, save_checkpoint
 from detkit.engine.dist import get_world_size
 from detkit.engine.run_logging import stderr_is_terminal
 from detkit.errors import ConfigError
-from detkit.evaluation.names import HEADLINE_KEYS
+from detkit.evaluation.names import EPOCH_KEYS
 from detkit.jsonio import to_jsonable
 
 __all__ = [
@@ -264,8 +265,8 @@ class LoggerHook(Hook):
     (``{"type": "train", "epoch", "iter", "lr", "loss", "loss_*", stats, "time", "data_time",
     "img_per_s", "eta_s"}``) and one per epoch (``{"type": "epoch", "epoch", "iter", "lr",
     epoch-mean losses, "skipped_batches", "epoch_time_s"}`` plus, when evaluated, the eval keys
-    ``voc07_ap50 voc_ap50 coco_ap coco_ap50 coco_ap75`` and ``per_class``; ``skipped_samples`` when
-    the loader counts unreadable samples it skipped). On resume, records after
+    ``voc07_ap50 voc_ap50 coco_ap coco_ap50 coco_ap75`` (a classifier's: ``top1 top5``) and
+    ``per_class``; ``skipped_samples`` when the loader counts unreadable samples it skipped). On resume, records after
     the checkpoint's iteration are dropped so the file reads like one uninterrupted run.
     TensorBoard events go to ``tensorboard_dir`` if ``tensorboard`` is installed (silently skipped
     otherwise). Register on rank 0 only.
@@ -341,7 +342,7 @@ class LoggerHook(Hook):
             record["skipped_samples"] = bad
         record["epoch_time_s"] = getattr(trainer, "epoch_time", float("nan"))
         metrics = trainer.eval_metrics or {}
-        for key in HEADLINE_KEYS:
+        for key in EPOCH_KEYS:
             if key in metrics:
                 record[key] = metrics[key]
         if "per_class" in metrics:
@@ -354,7 +355,7 @@ class LoggerHook(Hook):
                 if key not in ("type", "epoch", "iter") and _is_number(value):
                     self._tb.add_scalar(f"epoch/{key}", value, record["epoch"])
         losses = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("loss"))
-        evals = "  ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE_KEYS if _is_number(metrics.get(k)))
+        evals = "  ".join(f"{k} {metrics[k]:.4f}" for k in EPOCH_KEYS if _is_number(metrics.get(k)))
         best = (f"  (best {trainer.best_metric_name} {trainer.best_metric:.4f} at epoch {trainer.best_epoch})"
                 if trainer.best_metric is not None else "")
         logger.info("epoch %d/%d done in %s: %s%s%s%s", trainer.epochs_done, trainer.max_epochs,
@@ -444,8 +445,10 @@ def _tensorboard_writer(log_dir):
 
 
 class PlotHook(Hook):
-    """Redraws plots/loss.png, plots/map.png and plots/lr.png from metrics.jsonl after every epoch.
-    A plotting failure is logged and never stops training. Register on rank 0 only."""
+    """Redraws plots/loss.png, plots/map.png (a classifier: accuracy.png) and plots/lr.png from
+    metrics.jsonl after every epoch, and plots/confusion.png when the epoch's evaluation holds a
+    confusion matrix (a classifier's). A plotting failure is logged and never stops training.
+    Register on rank 0 only."""
 
     priority = 90
 
@@ -455,10 +458,15 @@ class PlotHook(Hook):
         self._warned = False
 
     def after_epoch(self, trainer) -> None:
-        from detkit.engine.plots import plot_metrics
+        from detkit.engine.plots import plot_confusion_matrix, plot_metrics
 
         try:
             plot_metrics(self.metrics_file, self.out_dir)
+            metrics = trainer.eval_metrics or {}
+            if metrics.get("confusion_matrix") is not None:
+                plot_confusion_matrix(metrics["confusion_matrix"], trainer.extra_state.get("class_names"),
+                                      self.out_dir / "confusion.png",
+                                      title=f"confusion matrix after epoch {trainer.epochs_done}")
         except Exception as exc:  # noqa: BLE001 - plots are a convenience, training goes on
             if not self._warned:
                 logger.warning("could not draw plots in %s: %s: %s", self.out_dir, type(exc).__name__, exc)

@@ -9,7 +9,7 @@ Config (``train.optimizer`` / ``train.scheduler``)::
 
     scheduler=dict(type="cosine", warmup_epochs=1, warmup_start_factor=0.1, min_lr_factor=0.01)
     scheduler=dict(type="step", warmup_epochs=1, warmup_start_factor=0.1, milestones=[16, 22], gamma=0.1)
-    scheduler=dict(type="yolov1", warmup_epochs=5, warmup_start_factor=0.1, milestones=[80, 110], gamma=0.1)
+    scheduler=dict(type="yolov1", warmup_epochs=5, warmup_start_factor=0.1, milestones=[75, 105], gamma=0.1)
     scheduler=dict(type="constant", warmup_epochs=0)
 
 The schedule is per iteration: the learning rate of iteration ``i`` (0-based, counted over the whole
@@ -21,10 +21,10 @@ run) is ``base_lr * factor(i)`` where
 * ``cosine``: from 1 at the end of warm-up down to ``min_lr_factor`` at the last iteration;
 * ``constant``: 1.
 
-``yolov1`` is the YOLOv1 paper's schedule (raise the LR from 1e-3 to 1e-2 over the first epochs, hold
-it until epoch 75 after warm-up, then 1e-3 for 30 epochs and 1e-4 for 30): a step schedule whose
-defaults are the paper's (``warmup_epochs=5, warmup_start_factor=0.1, milestones=[80, 110],
-gamma=0.1``) for 135 epochs.
+``yolov1`` is the YOLOv1 paper's schedule (raise the LR from 1e-3 to 1e-2 over the first epochs, 1e-2
+for 75 epochs, then 1e-3 for 30 epochs and 1e-4 for 30: 135 epochs, the paper's total, so the warm-up
+is counted in the 75): a step schedule whose defaults are the paper's (``warmup_epochs=5,
+warmup_start_factor=0.1, milestones=[75, 105], gamma=0.1``) for 135 epochs.
 
 Because the factor is a pure function of the iteration number, resuming sets it exactly
 (:meth:`IterationScheduler.set_iter`), whatever happened in between.
@@ -88,7 +88,7 @@ _SCHEDULER_KEYS = {
 _SCHEDULER_DEFAULTS = {
     "cosine": dict(warmup_epochs=0.0, warmup_start_factor=0.1, min_lr_factor=0.0),
     "step": dict(warmup_epochs=0.0, warmup_start_factor=0.1, milestones=[], gamma=0.1),
-    "yolov1": dict(warmup_epochs=5.0, warmup_start_factor=0.1, milestones=[80, 110], gamma=0.1),
+    "yolov1": dict(warmup_epochs=5.0, warmup_start_factor=0.1, milestones=[75, 105], gamma=0.1),
     "constant": dict(warmup_epochs=0.0, warmup_start_factor=0.1),
 }
 

@@ -1,8 +1,9 @@
-"""``detkit train``: build everything from a config and run the trainer.
+"""``detkit train`` and ``detkit classify train``: build everything from a config and run the trainer.
 
 :func:`train` builds the data sets (``build_dataset(cfg, "train")`` / ``"val"``), takes the class
-names from the training set, builds the detector, loaders, optimiser, schedule and hooks, resumes if
-asked, and runs the :class:`~detkit.engine.trainer.Trainer`. The run directory (``--work-dir``,
+names from the training set, builds the model (a detector, or a classifier for
+``task=CLASSIFICATION``: :mod:`detkit.tasks` holds the few things that differ), loaders, optimiser,
+schedule and hooks, resumes if asked, and runs the :class:`~detkit.engine.trainer.Trainer`. The run directory (``--work-dir``,
 default ``work_dirs/<config name>/``) receives::
 
     config.json          the resolved config actually used (CLI overrides such as --seed applied)
@@ -13,7 +14,8 @@ default ``work_dirs/<config name>/``) receives::
     previous/<time>/     an earlier run in the same work dir, moved aside (a new run never overwrites it)
     epoch_N.pth          the last ``keep_last`` epoch checkpoints
     best_<metric>.pth    the best checkpoint by ``eval.save_best``
-    plots/               loss.png, map.png, lr.png, redrawn every epoch
+    plots/               loss.png, map.png (accuracy.png and confusion.png for a classifier), lr.png,
+                         redrawn every epoch
     tensorboard/         events, if tensorboard is installed
 
 The ``train`` / ``eval`` config sections (keys, defaults, checks) are defined in
@@ -64,6 +66,7 @@ from detkit.engine.workdir import archive_previous_run, find_resume
 from detkit.errors import CheckpointError
 from detkit.schema import resolve_config
 from detkit.seeding import deterministic_mode, seed_everything
+from detkit.tasks import DETECTION, Task, check_dataset_task
 
 __all__ = ["train"]
 
@@ -72,15 +75,16 @@ logger = logging.getLogger("detkit")
 
 def train(cfg: Mapping, *, config_path=None, work_dir=None, resume=None, seed: int | None = None,
           deterministic: bool = False, device=None, amp: bool | None = None, epochs: int | None = None,
-          unsafe_load: bool = False, launcher: str = "none", extra_hooks: Sequence = ()) -> dict:
-    """Train the detector of ``cfg`` (see the module docstring).
+          unsafe_load: bool = False, launcher: str = "none", extra_hooks: Sequence = (),
+          task: Task = DETECTION) -> dict:
+    """Train the model of ``cfg``: a detector, or what ``task`` trains (see the module docstring).
 
     ``seed``, ``epochs``, ``amp`` override ``train.*``; ``resume`` is None, ``"auto"`` or a path;
     ``extra_hooks`` are added to the built-in ones (Python use). Returns a summary dict:
     ``work_dir``, ``last_checkpoint``, ``best_checkpoint``, ``best_metric``, ``best_metric_name``,
     ``best_epoch``, ``metrics`` (the last evaluation), ``epochs``.
     """
-    cfg = resolve_config(cfg, seed=seed, epochs=epochs, amp=amp)
+    cfg = resolve_config(cfg, seed=seed, epochs=epochs, amp=amp, task=task.name)
     if work_dir is None:
         name = config_name(config_path) if config_path else "run"
         work_dir = Path("work_dirs") / name
@@ -94,17 +98,17 @@ def train(cfg: Mapping, *, config_path=None, work_dir=None, resume=None, seed: i
     try:
         with run_logging(work_dir, info.rank), deterministic_mode(deterministic):
             return _train(cfg, info, work_dir, resume=resume, unsafe_load=unsafe_load,
-                          deterministic=deterministic, extra_hooks=extra_hooks, archived=archived)
+                          deterministic=deterministic, extra_hooks=extra_hooks, archived=archived, task=task)
     finally:
         dist_utils.destroy_distributed(info)
 
 
 def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsafe_load: bool,
-           deterministic: bool, extra_hooks: Sequence, archived: Path | None = None) -> dict:
+           deterministic: bool, extra_hooks: Sequence, archived: Path | None = None,
+           task: Task = DETECTION) -> dict:
     from detkit import __version__
     from detkit.data.builder import build_dataset, check_same_classes
     from detkit.data.loader import build_dataloader
-    from detkit.models.builder import build_detector
 
     tcfg, ecfg = cfg["train"], cfg["eval"]
     device = info.device
@@ -129,6 +133,7 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     seed_everything(seed)  # identical model initialisation on every rank
 
     train_set = build_dataset(cfg, "train")
+    check_dataset_task(train_set, task, "data.train")
     class_names = tuple(train_set.classes)
     if ckpt is not None and ckpt.get("class_names"):
         check_same_classes(ckpt["class_names"], class_names, f"checkpoint {resume_path}", "the training data")
@@ -136,11 +141,12 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     if tcfg["eval_interval"] > 0:
         if "val" in (cfg.get("data") or {}):
             val_set = build_dataset(cfg, "val")
+            check_dataset_task(val_set, task, "data.val")
             check_same_classes(val_set.classes, class_names, "data.val", "data.train")
         else:
             logger.warning("the config has no data.val: training without evaluation")
 
-    model = build_detector(cfg["model"], class_names)
+    model = task.build_model(cfg["model"], class_names)
     if tcfg["load_from"] and ckpt is None:
         init = load_checkpoint(tcfg["load_from"], unsafe=unsafe_load)
         load_model_weights(model, init, source=str(tcfg["load_from"]))
@@ -181,16 +187,15 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
 
     hooks = [LRSchedulerHook(), IterTimerHook()]
     if val_set is not None:
-        from detkit.evaluation.builder import build_evaluators
-        from detkit.evaluation.loop import build_eval_loader, coco_options, run_evaluation
+        from detkit.evaluation.loop import build_eval_loader, run_evaluation
         from detkit.evaluation.table import format_table
 
         val_loader = build_eval_loader(val_set, ecfg["batch_size"], ecfg["num_workers"], tcfg["bad_sample"])
-        evaluator = build_evaluators(ecfg["metric"], class_names, coco_options=coco_options(val_set))
+        evaluator = task.build_evaluators(ecfg["metric"], class_names, val_set)
 
         def evaluate_fn(trainer):
             metrics = run_evaluation(trainer.model, val_loader, evaluator, device, amp=trainer.amp,
-                                     channels_last=tcfg["channels_last"],
+                                     channels_last=tcfg["channels_last"], ground_truth=task.ground_truth,
                                      desc=f"eval epoch {trainer.epochs_done}")
             if metrics is not None:
                 logger.info("evaluation after epoch %d:\n%s", trainer.epochs_done, format_table(metrics))

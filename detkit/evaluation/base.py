@@ -235,6 +235,10 @@ class Evaluator:
     processes (see the module docstring for the guarantees).
     """
 
+    # what state() writes and merge() accepts (evaluators of one kind exchange states)
+    state_format = STATE_FORMAT
+    state_version = STATE_VERSION
+
     def __init__(self, class_names: Sequence[str]):
         if isinstance(class_names, str) or not class_names:
             raise ConfigError(f"{type(self).__name__}: class_names must be a non-empty list of names, "
@@ -308,8 +312,8 @@ class Evaluator:
 
         areas = [np.full(len(r.gt_labels), np.nan) if r.gt_area is None else r.gt_area for r in records]
         return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
+            "format": self.state_format,
+            "version": self.state_version,
             "evaluator": type(self).__name__,
             "class_names": list(self.class_names),
             "image_ids": [r.image_id for r in records],  # None: no id (kept in this order)
@@ -324,16 +328,22 @@ class Evaluator:
             "num_nonfinite_dropped": self.num_nonfinite_dropped,
         }
 
-    def merge(self, state: Mapping) -> None:
-        """Add the images of another evaluator's :meth:`state` (any evaluator type, same classes)."""
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise ValueError("merge() expects the dict returned by an evaluator's state()")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"evaluator state version {state.get('version')} is not {STATE_VERSION}: "
+    def check_state(self, state: Mapping) -> None:
+        """Refuse a :meth:`state` of another kind of evaluator (``state_format``), another detkit
+        version or other classes."""
+        if not isinstance(state, Mapping) or state.get("format") != self.state_format:
+            raise ValueError(f"merge() expects the dict returned by a state() of a {type(self).__name__} "
+                             f"(or an evaluator of the same kind)")
+        if state.get("version") != self.state_version:
+            raise ValueError(f"evaluator state version {state.get('version')} is not {self.state_version}: "
                              "all ranks must run the same detkit")
         if tuple(state["class_names"]) != self.class_names:
             raise ValueError(f"cannot merge a state over classes {state['class_names']} into an evaluator "
                              f"over {list(self.class_names)}")
+
+    def merge(self, state: Mapping) -> None:
+        """Add the images of another evaluator's :meth:`state` (any detection evaluator, same classes)."""
+        self.check_state(state)
         k, m = state["gt_counts"], state["det_counts"]
         gt = {name: _split(state[name], k) for name in ("gt_boxes", "gt_labels", "difficult", "iscrowd", "gt_area")}
         det = {name: _split(state[name], m) for name in ("det_boxes", "det_scores", "det_labels")}

@@ -1,16 +1,18 @@
-"""The evaluation loop: a detector over a data set's loader, scored by an evaluator.
+"""The evaluation loop: a model over a data set's loader, scored by an evaluator.
 
-Used during training (the EvalHook of ``detkit train``) and by ``detkit eval``; both get the same
-numbers for the same weights. The detector gets each image's meta (``forward(images, metas=...)``,
-the data sets put the ``image_id`` in it too) so its detections come back in original-image pixels, and they are compared with the ground truth
-mapped back to original pixels (:func:`original_targets`). Under DDP every rank scores its shard
+Used during training (the EvalHook of ``detkit train`` / ``detkit classify train``) and by ``detkit
+eval`` / ``detkit classify eval``; both get the same numbers for the same weights. The model gets each
+image's meta (``forward(images, metas=...)``, the data sets put the ``image_id`` in it too), so a
+detector's detections come back in original-image pixels, and they are compared with the ground truth
+mapped back to original pixels (:func:`original_targets`, the default ``ground_truth``; a classifier's
+task passes its own, see :mod:`detkit.tasks`). Under DDP every rank scores its shard
 (:func:`build_eval_loader`: contiguous, no padding) and rank 0 gathers and computes.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -46,8 +48,9 @@ def _eval_module(model: torch.nn.Module) -> torch.nn.Module:
 @torch.inference_mode()
 def run_evaluation(model: torch.nn.Module, loader, evaluator, device: torch.device | str, *,
                    amp=None, channels_last: bool = False, progress: bool | None = None,
-                   desc: str = "eval") -> dict | None:
-    """Run ``model`` in eval mode over ``loader`` and score it with ``evaluator``.
+                   desc: str = "eval", ground_truth: Callable = original_targets) -> dict | None:
+    """Run ``model`` in eval mode over ``loader`` and score it with ``evaluator``, which compares the
+    model's outputs with ``ground_truth(targets)``.
 
     Returns the metrics on rank 0 and ``None`` on the other ranks; afterwards rank 0's ``evaluator``
     holds every image (for results files). The model's train/eval mode is restored. ``amp``: the
@@ -74,7 +77,7 @@ def run_evaluation(model: torch.nn.Module, loader, evaluator, device: torch.devi
                 detections = module(images, metas=[t.get("meta") for t in targets])
             detections = [{k: v.detach().float().cpu() if k != "labels" else v.detach().cpu()
                            for k, v in d.items() if k in ("boxes", "scores", "labels")} for d in detections]
-            evaluator.update(detections, original_targets(targets))
+            evaluator.update(detections, ground_truth(targets))
             if bar is not None:
                 bar.update(1)
     finally:

@@ -1,4 +1,5 @@
-"""The metrics as a readable table: per-class counts, recall and APs, then the summary numbers.
+"""The metrics as a readable table: per-class counts, recall and APs (or precision, for a classifier),
+then the summary numbers.
 
 Printed by ``detkit eval`` and logged after every evaluation during training.
 """
@@ -20,6 +21,7 @@ _PER_CLASS_COLUMNS = (
     ("per_class_voc", "AP50 voc"),
     ("per_class_coco50", "AP50 coco"),
     ("per_class_coco", "AP coco"),
+    ("per_class_precision", "precision"),  # classification (gts: images of the class, dets: predicted as it)
 )
 
 

@@ -1,93 +1,81 @@
 """``detkit.Predictor``: a trained detector for notebooks and services.
 
     from detkit import Predictor
-    predictor = Predictor("configs/yolov1_shapes.py", "work_dirs/yolov1_shapes/best_voc07_ap50.pth")
-    detections = predictor.predict(["a.jpg", rgb_array])   # list[dict(boxes, scores, labels)]
+    predictor = Predictor("work_dirs/yolov1_shapes/best_voc07_ap50.pth")   # or "model.onnx"
+    for result in predictor(["a.jpg", rgb_array, pil_image]):
+        print(result.names, result.scores, result.boxes)                   # xyxy, original pixels
+        annotated = result.plot()
 
-Boxes are ``xyxy`` in pixels of the original images. Images may be paths or ``uint8`` RGB arrays
-(HxWx3); a single image gives a one-element list.
+The model file may be a checkpoint (its stored config and class names are enough), an exported ONNX
+or TorchScript file (:mod:`detkit.deploy.backends` runs each); ``Predictor(config, checkpoint)`` uses
+another config with a checkpoint. Images may be paths, RGB ``uint8`` arrays ``HxWx3``, PIL images or
+``CHW`` tensors (``uint8``, or float in 0..1); a single image gives a one-element list of
+:class:`~detkit.inference.results.Result`.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from detkit.device import select_device
-from detkit.errors import ConfigError
+from detkit.errors import ConfigError, DataError
+from detkit.inference import DEFAULT_CONF
+from detkit.inference.results import Result
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "eval_transforms"]
 
 
-def _postprocessor_overrides(cfg: dict, conf, iou, max_det) -> dict:
-    """Put --conf / --iou / --max-det into the model config, so they reach the postprocessor by name."""
-    cfg = copy.deepcopy(cfg)
-    post = cfg.get("model", {}).get("postprocessor")
-    if not isinstance(post, dict):
-        # --conf still applies: Predictor filters the final detections by score itself.
-        if any(v is not None for v in (iou, max_det)):
-            raise ConfigError("model.postprocessor: the config has none, so --iou/--max-det cannot apply")
-        return cfg
-    for key, value in (("score_threshold", conf), ("iou_threshold", iou), ("max_per_image", max_det)):
-        if value is not None:
-            post[key] = value
-    return cfg
+def eval_transforms(cfg: Mapping) -> dict:
+    """The evaluation pipeline of ``cfg`` (the test, else val, else train split's resize/letterbox),
+    without any augmentation: what a deployed model's input goes through."""
+    data = cfg.get("data", {})
+    for split in ("test", "val", "train"):
+        spec = data.get(split)
+        if isinstance(spec, Mapping) and isinstance(spec.get("transforms"), Mapping):
+            tf = dict(spec["transforms"])
+            tf.pop("preset", None)
+            tf.pop("augment", None)
+            return tf
+    raise ConfigError("data: no split defines transforms, so the model's input size is unknown")
 
 
 class Predictor:
-    """Load a config and a checkpoint once; predict on batches of images.
+    """Load a model once; predict on batches of images.
 
-    ``config`` is a config path or an already-loaded config dict; ``checkpoint`` a path (loaded with
-    ``weights_only=True``; ``unsafe_load=True`` allows pickled checkpoints you trust). ``conf``, ``iou``
-    and ``max_det`` override the postprocessor's score threshold, NMS IoU and detections per image;
-    ``conf`` is also applied to the final detections, so it holds for detectors without a postprocessor.
-    (Filtering before or after greedy NMS keeps the same boxes: a lower-scored box never suppresses
-    a higher one.)
-    The class names come from the checkpoint, falling back to the config's ``data.classes``.
+    ``Predictor(model_file)`` or ``Predictor(config, checkpoint)`` (a config path or dict, e.g. to
+    change the input size). ``conf`` (default 0.25, as ``detkit infer``) drops detections scoring
+    below it -- ``None`` keeps what the model's postprocessor returns; ``iou`` and ``max_det``
+    override the postprocessor's NMS IoU and detections per image (see
+    :func:`detkit.deploy.backends.load_model`). ``unsafe_load=True`` allows checkpoints that need
+    pickle (only files you trust); ``overrides`` are ``--set`` items applied to the config.
     """
 
-    def __init__(self, config, checkpoint, device=None, *, conf: float | None = None,
+    def __init__(self, model, checkpoint=None, device=None, *, conf: float | None = DEFAULT_CONF,
                  iou: float | None = None, max_det: int | None = None, unsafe_load: bool = False,
                  overrides: Sequence[str] = ()):
-        from detkit.config import load_config
         from detkit.data.transforms import build_transforms
-        from detkit.checkpoint import load_checkpoint, load_model_weights
-        from detkit.models.builder import build_detector
+        from detkit.deploy.backends import load_model
 
-        cfg = config if isinstance(config, Mapping) else load_config(config, overrides)
-        cfg = _postprocessor_overrides(dict(cfg), conf, iou, max_det)
-        self.cfg = cfg
+        if checkpoint is None:
+            if isinstance(model, Mapping) or Path(str(model)).suffix == ".py":
+                raise ConfigError("Predictor(config, checkpoint): a config needs a checkpoint; or pass the "
+                                  "checkpoint alone (it stores its config)")
+            config, checkpoint = None, model
+        else:
+            config = model
+        loaded = load_model(checkpoint, config, device=device, conf=conf, iou=iou, max_det=max_det,
+                            unsafe_load=unsafe_load, overrides=overrides)
+        self.loaded = loaded
+        self.model = loaded.model
+        self.cfg = loaded.cfg
+        self.class_names = loaded.class_names
         self.conf = conf
-        self.device = select_device(device)
-        ckpt = load_checkpoint(checkpoint, map_location="cpu", unsafe=unsafe_load)
-        class_names = ckpt.get("class_names") or (cfg.get("data", {}).get("classes") or None)
-        if not class_names:
-            raise ConfigError(
-                f"{checkpoint}: the checkpoint stores no class names and the config sets no data.classes; "
-                "add data.classes to the config"
-            )
-        self.class_names = tuple(class_names)
-        self.model = build_detector(cfg["model"], self.class_names)
-        load_model_weights(self.model, ckpt, source=str(checkpoint))
-        self.model.to(self.device).eval()
-        self.transforms = build_transforms(self._test_transforms(cfg))
-
-    @staticmethod
-    def _test_transforms(cfg: Mapping) -> dict:
-        """The evaluation pipeline (val split's resize/letterbox), without any augmentation."""
-        data = cfg.get("data", {})
-        for split in ("test", "val", "train"):
-            spec = data.get(split)
-            if isinstance(spec, Mapping) and isinstance(spec.get("transforms"), Mapping):
-                tf = dict(spec["transforms"])
-                tf.pop("preset", None)
-                tf.pop("augment", None)
-                return tf
-        raise ConfigError("data: no split defines transforms, so the model's input size is unknown")
+        self.device = next((p.device for p in self.model.parameters()), getattr(self.model, "device", None)) \
+            or torch.device("cpu")
+        self.transforms = build_transforms(eval_transforms(self.cfg))
 
     def preprocess(self, images: Sequence[np.ndarray], paths: Sequence[str | None] | None = None):
         """Resize/letterbox RGB uint8 images into one batch; returns ``(batch, metas)``: one image
@@ -120,27 +108,52 @@ class Predictor:
         return batch, metas
 
     @torch.inference_mode()
-    def predict(self, images) -> list[dict]:
-        """Detections (on the CPU) for one image or a list; images are paths or RGB uint8 arrays."""
-        from detkit.data.io import read_image
-
-        single = isinstance(images, (str, Path, np.ndarray))
+    def predict(self, images) -> list[Result]:
+        """One :class:`~detkit.inference.results.Result` per image (one image, or a list or tuple of
+        them)."""
+        single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        arrays = [read_image(x) if isinstance(x, (str, Path)) else _check_array(x) for x in items]
+        arrays = [as_rgb_array(x) for x in items]
         if not arrays:
             return []
         paths = [str(x) if isinstance(x, (str, Path)) else None for x in items]
         batch, metas = self.preprocess(arrays, paths)
-        detections = [{k: v.detach().cpu() for k, v in d.items()} for d in self.model(batch, metas=metas)]
-        if self.conf is not None:
-            detections = [{k: v[d["scores"] >= self.conf] for k, v in d.items()} for d in detections]
-        return detections
+        results = []
+        for det, image, path in zip(self.model(batch, metas=metas), arrays, paths):
+            result = Result.from_detections(det, self.class_names, image, path)
+            if self.conf is not None:
+                result = result.select(result.scores >= self.conf)
+            results.append(result)
+        return results
 
     __call__ = predict
 
 
-def _check_array(image) -> np.ndarray:
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        raise ValueError("images must be paths or uint8 RGB arrays of shape HxWx3 "
-                         f"(got {type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')})")
-    return image
+def _is_pil(image) -> bool:
+    module = type(image).__module__
+    return module.startswith("PIL.") and hasattr(image, "convert")
+
+
+def as_rgb_array(image) -> np.ndarray:
+    """A path, RGB uint8 array ``HxWx3``, PIL image or ``CHW`` tensor (uint8, or float in 0..1) as an
+    RGB uint8 ``HxWx3`` array; anything else is a :class:`DataError` saying what is accepted."""
+    from detkit.data.io import read_image
+
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if _is_pil(image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3:
+        if image.dtype == torch.uint8:
+            return image.permute(1, 2, 0).contiguous().cpu().numpy()
+        if image.is_floating_point():
+            low, high = (float(image.min()), float(image.max())) if image.numel() else (0.0, 0.0)
+            if low < 0 or high > 1:
+                raise DataError(f"a float CHW tensor must hold values in 0..1, found {low:.2f}..{high:.2f} "
+                                "(pass uint8 tensors for 0..255 images)")
+            return (image.detach().float() * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return image
+    what = f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))} {getattr(image, 'dtype', '')}".strip()
+    raise DataError("images must be paths, uint8 RGB arrays of shape HxWx3, PIL images or CHW tensors "
+                    f"(3xHxW, uint8 or float 0..1); got {what}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from detkit.errors import ConfigError, DataError
 from detkit.evaluation.coco import to_coco_results
+from detkit.inference import DEFAULT_CONF
 from detkit.jsonio import write_json
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,12 @@ def parse_class_filter(classes: str | Sequence | None, class_names: Sequence[str
     return keep
 
 
-def _filter(det: dict, keep: set[int] | None) -> dict:
+def _filter(det, keep: set[int] | None):
     if keep is None:
         return det
     import torch
 
-    mask = torch.isin(det["labels"], torch.tensor(sorted(keep), dtype=det["labels"].dtype))
-    return {k: v[mask] for k, v in det.items()}
+    return det.select(torch.isin(det.labels, torch.tensor(sorted(keep), dtype=det.labels.dtype)))
 
 
 def _prefetch(iterable, size: int) -> Iterator:
@@ -179,15 +179,15 @@ def _batches(frames: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def _coco_records(det: dict, image_id: int, file_name: str, class_names, cat_ids) -> list[dict]:
+def _coco_records(det, image_id: int, file_name: str, class_names, cat_ids) -> list[dict]:
     # rounded to 1/100 px and 1e-5: a file for people and tools, not for re-scoring to the last digit
-    return to_coco_results([det], [image_id], cat_ids or None, class_names=class_names, file_names=[file_name],
-                           decimals=(2, 5))
+    return to_coco_results([det.to_dict()], [image_id], cat_ids or None, class_names=class_names,
+                           file_names=[file_name], decimals=(2, 5))
 
 
-def _txt_lines(det: dict, width: int, height: int) -> str:
+def _txt_lines(det, width: int, height: int) -> str:
     lines = []
-    for (x1, y1, x2, y2), score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+    for (x1, y1, x2, y2), score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
         cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
         lines.append(f"{label} {cx:.6f} {cy:.6f} {(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f} {score:.5f}")
     return "\n".join(lines) + ("\n" if lines else "")
@@ -239,23 +239,25 @@ def _show(window: str, rgb: np.ndarray) -> bool:
         return False
 
 
-def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, classes=None, device=None,
+def infer(cfg, checkpoint, source: str, *, conf=DEFAULT_CONF, iou=None, max_det=None, classes=None, device=None,
           batch_size: int = 8, out_dir=None, exist_ok=False, save_vis=True, save_json=False, save_txt=False,
-          show=False, unsafe_load=False, predictor=None, progress: bool | None = None) -> InferResult:
-    """Run inference on ``source`` and write the requested outputs. Returns an :class:`InferResult`."""
+          show=False, unsafe_load=False, predictor=None, progress: bool | None = None,
+          overrides=()) -> InferResult:
+    """Run the model file ``checkpoint`` (with ``cfg`` instead of its own config, if not ``None``) on
+    ``source`` and write the requested outputs. Returns an :class:`InferResult`."""
     import sys
 
     from tqdm import tqdm
 
-    from detkit.draw import draw_detections
     from detkit.inference.predictor import Predictor
     from detkit.inference.sources import open_source
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     if predictor is None:
-        predictor = Predictor(cfg, checkpoint, device=device, conf=conf, iou=iou, max_det=max_det,
-                              unsafe_load=unsafe_load)
+        args = (checkpoint,) if cfg is None else (cfg, checkpoint)
+        predictor = Predictor(*args, device=device, conf=conf, iou=iou, max_det=max_det, unsafe_load=unsafe_load,
+                              overrides=overrides)
     class_names = predictor.class_names
     keep = parse_class_filter(classes, class_names)
     cat_ids = predictor.cfg.get("infer", {}).get("cat_ids") if isinstance(predictor.cfg.get("infer"), dict) else None
@@ -288,7 +290,7 @@ def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, cl
             detections = predictor.predict([f.image for f in batch])
             for frame, det in zip(batch, detections):
                 det = _filter(det, keep)
-                result.detections += len(det["scores"])
+                result.detections += len(det)
                 if is_video:
                     result.frames += 1
                 else:
@@ -313,8 +315,8 @@ def infer(cfg, checkpoint, source: str, *, conf=None, iou=None, max_det=None, cl
                     txt_path = out / "labels" / f"{Path(out_name).stem}.txt"
                     writer.submit(lambda p=txt_path, t=_txt_lines(det, w, h): p.write_text(t))
                 if save_vis or show_ok:
-                    def job(frame=frame, det=det, out_name=out_name):
-                        drawn = draw_detections(frame.image, det, class_names)
+                    def job(det=det, out_name=out_name):
+                        drawn = det.plot()
                         if video_writer is not None:
                             import cv2
 

@@ -1,10 +1,11 @@
 """Box and NMS operators.
 
 * :mod:`detkit.ops.nms`: :func:`batched_nms` (torchvision's semantics and kept set, fast with many
-  groups) and the :class:`BatchedNMS` postprocessor (entry point ``batched_nms`` of
-  ``detkit.postprocessors``).
-* :mod:`detkit.ops.boxes`: :func:`box_iou`, :func:`clip_boxes`, :func:`remove_small_boxes`,
-  :class:`BoxCoder`.
+  groups; pure torch when traced or exported); :mod:`detkit.ops.nms_dense` holds its large-input work.
+* :mod:`detkit.ops.postprocess`: the postprocessor input contract (:func:`normalise_batch`,
+  :class:`PostprocessorInput`) and the :class:`BatchedNMS` postprocessor (entry point
+  ``batched_nms`` of ``detkit.postprocessors``).
+* :mod:`detkit.ops.boxes`: :func:`box_iou`, :func:`clip_boxes`, :class:`BoxCoder`.
 
 The names are imported on first use, so ``import detkit.ops`` stays cheap (no torchvision).
 """
@@ -13,14 +14,16 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["batched_nms", "BatchedNMS", "box_iou", "clip_boxes", "remove_small_boxes", "BoxCoder"]
+__all__ = ["batched_nms", "BatchedNMS", "normalise_batch", "PostprocessorInput", "box_iou", "clip_boxes",
+           "BoxCoder"]
 
 _HOME = {
     "batched_nms": "detkit.ops.nms",
-    "BatchedNMS": "detkit.ops.nms",
+    "BatchedNMS": "detkit.ops.postprocess",
+    "normalise_batch": "detkit.ops.postprocess",
+    "PostprocessorInput": "detkit.ops.postprocess",
     "box_iou": "detkit.ops.boxes",
     "clip_boxes": "detkit.ops.boxes",
-    "remove_small_boxes": "detkit.ops.boxes",
     "BoxCoder": "detkit.ops.boxes",
 }
 

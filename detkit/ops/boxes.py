@@ -1,6 +1,6 @@
-"""Box utilities on ``xyxy`` tensors: IoU, clipping, small-box filtering and the R-CNN box coder.
+"""Box utilities on ``xyxy`` tensors: IoU, clipping and the R-CNN box coder.
 
-Where torchvision already does the job (:func:`box_iou`, :func:`remove_small_boxes`, clipping) we
+Where torchvision already does the job (:func:`box_iou`, clipping) we
 use it; :class:`BoxCoder` follows :class:`torchvision.models.detection._utils.BoxCoder` op for op
 (widths ``x2 - x1``, no ``+1``) so that its results are the same to the bit, with an API for any
 leading shape and for class-specific deltas.
@@ -15,14 +15,11 @@ import torch
 import torchvision.ops
 from torch import Tensor
 
-__all__ = ["box_iou", "clip_boxes", "remove_small_boxes", "BoxCoder"]
+__all__ = ["box_iou", "clip_boxes", "BoxCoder"]
 
 # Pairwise IoU ``[..., N, M]`` of ``[..., N, 4]`` and ``[..., M, 4]`` xyxy boxes. Two empty boxes
 # give 0/0 = NaN (torchvision's behaviour); ``torch.nan_to_num`` it where that matters.
 box_iou = torchvision.ops.box_iou
-
-# Indices of the boxes whose width and height are both >= min_size.
-remove_small_boxes = torchvision.ops.remove_small_boxes
 
 
 def clip_boxes(boxes: Tensor, size_hw: Sequence[float]) -> Tensor:
@@ -33,7 +30,11 @@ def clip_boxes(boxes: Tensor, size_hw: Sequence[float]) -> Tensor:
     if len(size_hw) != 2:
         raise ValueError(f"clip_boxes: size_hw must be (height, width), got {size_hw!r}")
     height, width = (float(v) for v in size_hw)
-    return torchvision.ops.clip_boxes_to_image(boxes, (height, width))
+    # torchvision.ops.clip_boxes_to_image's arithmetic, without its tracing branch, which
+    # torch.export's ONNX decomposition cannot take (clamp with a tensor bound).
+    x = boxes[..., 0::2].clamp(min=0.0, max=width)
+    y = boxes[..., 1::2].clamp(min=0.0, max=height)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
 class BoxCoder:

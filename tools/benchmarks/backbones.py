@@ -3,7 +3,7 @@
     python tools/bench.py backbones [--quick] [--size 448] [--runs 10] [--names resnet18,vgg16]
                                     [--threads N] [--out docs/backbones.md | --no-doc]
 
-For every registered built-in backbone (random weights, eval mode, batch 1):
+For every backbone detkit registers (random weights, eval mode, batch 1):
 
 * parameters of the trunk (classifier removed);
 * GFLOPs of one forward at ``size``×``size``, counted with ``torch.utils.flop_counter.FlopCounterMode``:
@@ -12,8 +12,8 @@ For every registered built-in backbone (random weights, eval mode, batch 1):
 * images/s: warm-up, then the median of ``--runs`` timed forwards (``--quick``: 1 warm-up, 3 runs);
 * reference, in the same run: torchvision's own network, its trunk called directly (``features``, or
   conv1 ... layer4), timed interleaved with detkit's backbone; the ratio (median of the per-run
-  speed ratios) shows what detkit's stage plumbing costs (1.00 = nothing). LeNet-5 and NiN have no
-  torchvision counterpart.
+  speed ratios) shows what detkit's stage plumbing costs (1.00 = nothing). Only the nets torchvision
+  defines under the same name have a reference (not LeNet-5, NiN, the darknets, the course variants).
 
 Writes ``docs/backbones.md`` (unless ``--no-doc``): the table, the command, torch version and threads.
 """
@@ -30,16 +30,30 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DOC = REPO_ROOT / "docs" / "backbones.md"
-NAMES = (
-    "lenet5", "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn",
-    "nin", "googlenet", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
+# Table order: each family, its course variant next to it; names not listed here come last.
+ORDER = (
+    "lenet5", "lenet5_bn_d2l", "alexnet", "alexnet_d2l", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn",
+    "nin", "googlenet", "googlenet_d2l", "resnet18", "resnet18_d2l", "resnet34", "resnet50",
+    "mobilenet_v2", "darknet_yolov1", "darknet_yolov1_tiny",
 )
+TORCHVISION = ("alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "googlenet", "resnet18", "resnet34",
+               "resnet50", "mobilenet_v2")
+
+
+def builtin_names() -> list[str]:
+    """Every backbone detkit itself registers (plugins excluded), in table order."""
+    from detkit import registry
+
+    names = [c.name for c in registry.components("backbones", load=False) if c.distribution == "detkit"]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def _torchvision_trunk(name: str):
     """torchvision's network for ``name`` and a function running its trunk, or None."""
     import torchvision
 
+    if name not in TORCHVISION:
+        return None
     models = torchvision.models
     if name.startswith("resnet"):
         net = getattr(models, name)(weights=None).eval()
@@ -61,9 +75,7 @@ def _torchvision_trunk(name: str):
             return x
 
         return trunk
-    if name.startswith(("vgg", "alexnet", "mobilenet")):
-        return getattr(models, name)(weights=None).eval().features
-    return None
+    return getattr(models, name)(weights=None).eval().features  # alexnet, vgg*, mobilenet_v2
 
 
 def _flops(fn, x) -> int:
@@ -124,7 +136,17 @@ def measure(name: str, size: int, warmup: int, runs: int) -> dict:
         min_size=backbone.min_input_size,
         mean=backbone.pixel_mean,
         std=backbone.pixel_std,
+        weights=_published(backbone),
     )
+
+
+def _published(backbone) -> str | None:
+    """The weights ``pretrained="imagenet"`` loads (torchvision's DEFAULT), or None."""
+    if backbone.layout.published_weights is None:
+        return None
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(backbone.layout.published_weights).DEFAULT.name
 
 
 def _speed_table(rows: list[dict], size: int) -> list[str]:
@@ -146,8 +168,8 @@ def _speed_table(rows: list[dict], size: int) -> list[str]:
 def _facts_table(rows: list[dict], size: int) -> list[str]:
     lines = [
         f"| backbone | out_channels | stride | map @{size} | stage channels (out_indices 0..) "
-        "| stage strides | min_input_size | pixel_mean / pixel_std |",
-        "|---|---:|---:|---:|---|---|---:|---|",
+        "| stage strides | min_input_size | pixel_mean / pixel_std | `pretrained=\"imagenet\"` loads |",
+        "|---|---:|---:|---:|---|---|---:|---|---|",
     ]
     for r in rows:
         stats = "ImageNet" if r["mean"] == (0.485, 0.456, 0.406) else f"{r['mean']} / {r['std']}"
@@ -155,7 +177,7 @@ def _facts_table(rows: list[dict], size: int) -> list[str]:
         lines.append(
             f"| {r['name']} | {r['out_channels']} | {r['stride']} | {h}×{w} | "
             f"{', '.join(map(str, r['stage_channels']))} | {', '.join(map(str, r['stage_strides']))} | "
-            f"{r['min_size']} | {stats} |"
+            f"{r['min_size']} | {stats} | {r['weights'] or '—'} |"
         )
     return lines
 
@@ -168,21 +190,42 @@ _DOC_INTRO = """\
 Every backbone is a classification network with its classifier removed (`detkit/models/backbones/`,
 one file per family, shared behaviour in `base.py`). Build one with
 `detkit.registry.build("backbones", dict(type="resnet18", ...))`; in a config:
-`backbone=dict(type="resnet18", pretrained="weights/resnet18-f37072fd.pth", frozen_stages=1)`.
+`backbone=dict(type="resnet18", pretrained="imagenet", frozen_stages=1)`.
 
 Torchvision's definitions are used where torchvision has the network (AlexNet, VGG, GoogLeNet,
-ResNet, MobileNetV2), with torchvision's module names, so torchvision's `.pth` files load unchanged
+ResNet, MobileNetV2), with torchvision's module names, so torchvision's weights load unchanged
 (the classifier's keys are dropped). LeNet-5 and NiN are written in detkit; their docstrings say
 where they differ from the papers (padding so maps are exactly H/stride; LeNet's classic tanh +
 average pooling by default, `activation="relu", pool="max"` for the modern variant).
+
+**YOLOv1's networks** (`darknet.py`): `darknet_yolov1` is the paper's Figure 3, the 20 layers it
+pre-trains on ImageNet (`depth=20`, default; 1024 channels at stride 32) or all 24 convolutional
+layers (`depth=24`, stride 64); `darknet_yolov1_tiny` is Fast YOLO's 9-layer network (darknet's
+`yolo-tiny.cfg`). Leaky ReLU 0.1, no batch-norm as in the paper (`norm=True`: darknet's cfg, batch-norm
+after every conv), RGB in 0..1 without normalisation as darknet. The paper's detection head is
+`YOLOv1Head` with `num_convs=4, conv_channels=1024, conv_strides=(1, 2, 1, 1), norm=False,
+activation="linear"` (`configs/_base_/models/yolov1_darknet.py`, recipe `configs/yolov1_darknet_voc.py`).
+
+**The course's variants** (`*_d2l`, next to their families): the nets as d2l.ai's code (which the
+course follows) builds them, where torchvision's differ; their map sizes are the book's layer tables
+(tested in `tests/test_course_nets.py`):
+
+| name | the course's net | differs from the detkit / torchvision net by |
+|---|---|---|
+| `lenet5_bn_d2l` | BN-LeNet | batch-norm after both convs, sigmoid, unpadded convs (28 → 24 → 12 → 8 → 4), no C5 |
+| `alexnet_d2l` | AlexNet | the paper's 96/256/384/384/256 channels (torchvision: 64/192/384/256/256), first conv padded by 1, `lrn=True`: the paper's local response normalisation after conv1 and conv2 (`lrn=False`: d2l's code exactly) |
+| `googlenet_d2l` | GoogLeNet | real 5×5 convs in the third inception branch (torchvision: 3×3), no batch-norm, d2l's block layout (stages `b2`…`b5`) |
+| `resnet18_d2l` | ResNet-18 | d2l's residual block (biases, 1×1 shortcut without BN); `stem="small"` (default, `d2l.resnet18`: 3×3/1 conv, no max-pool, stride 8) or `stem="imagenet"` (7×7/2 conv + max-pool, stride 32) |
+
+They are initialised as the book does (Xavier-uniform) and have no published weights.
 
 ## Options (every backbone)
 
 | option | meaning |
 |---|---|
-| `pretrained` | path of a local weights file: a torchvision state dict (also wrapped under `"model"`/`"state_dict"`, or with DDP's `module.` prefix) or a detkit checkpoint (its `backbone.*` keys). Read with `torch.load(weights_only=True)`; never downloads. |
+| `pretrained` | `"imagenet"` (or `"DEFAULT"`): torchvision's recommended ImageNet weights for the network; a member of its weights enum (`"IMAGENET1K_V1"`, `"ResNet50_Weights.IMAGENET1K_V2"`). Taken from the torch hub cache (`$TORCH_HOME/hub/checkpoints/`, the file torchvision itself uses), downloaded there once with a progress bar and a SHA-256 check when missing; offline, a cached file is enough. Nets without published weights (last column below) say so. Anything else is the path of a local weights file: a torchvision state dict (also wrapped under `"model"`/`"state_dict"`, or with DDP's `module.` prefix) or a detkit checkpoint (its `backbone.*` keys), read with `torch.load(weights_only=True)`. |
 | `strict` | `True` (default): keys missing from the file, unexpected keys and shape mismatches are one error listing them; `False`: one logged warning, those keys skipped. A file of which nothing fits is always an error. |
-| `in_channels` | input channels (1 for grey images). The first conv is adapted: 3-channel weights are summed for 1 channel, repeated and rescaled for other counts (timm's rule); `pixel_mean`/`pixel_std` then have one value per channel. |
+| `in_channels` | input channels (1 for grey images). The first conv is adapted: 3-channel weights are summed for 1 channel, repeated and rescaled for other counts (timm's rule); `pixel_mean`/`pixel_std` then have one value per channel. Detectors take `in_channels=1` backbones with the usual RGB data: they convert it to grey themselves (ITU-R 601 luma, as PIL's `"L"`). |
 | `frozen_stages` | `-1` none, `0` the stem, `i` the stem and the first `i` stages: `requires_grad=False` and eval mode (BatchNorm statistics frozen). |
 | `norm_eval` | keep every BatchNorm in eval mode while training (statistics frozen, affine parameters still train). |
 | `out_indices` | stage indices: `forward` returns a list of maps described by `out_channels_list` and `strides`; stages after the last requested one are not run. |
@@ -190,7 +233,7 @@ average pooling by default, `activation="relu", pool="max"` for the modern varia
 Attributes: `out_channels`, `stride` (last returned map), `pixel_mean`, `pixel_std` (0..1 scale; the
 detector normalises with them), `min_input_size` (smaller inputs are a `ValueError` naming the
 backbone), `feature_sizes(input_size)` (exact map sizes, computed on the meta device: use it rather
-than `H // stride`, AlexNet's valid padding loses a cell).
+than `H // stride`, valid padding (AlexNet, BN-LeNet) loses cells).
 """
 
 
@@ -203,7 +246,9 @@ def write_doc(
         "",
         "GoogLeNet's 0.5 / 0.5 statistics are what torchvision's GoogLeNet weights expect (torchvision",
         "applies them through `transform_input=True`). LeNet-5 uses [-1, 1] inputs (zero-centred, for tanh);",
-        "NiN has no standard weights and uses ImageNet's statistics.",
+        "NiN and the course variants have no standard weights and use their family's statistics; the",
+        "darknets take darknet's raw 0..1 pixels. The last column is the torchvision weights",
+        "`pretrained=\"imagenet\"` loads (torchvision's `DEFAULT`).",
         "",
         f"## Size and CPU speed at {size}×{size}",
         "",
@@ -247,12 +292,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> list[tuple[str, str]]:
     parser = argparse.ArgumentParser(prog="bench.py backbones", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 warm-up and 3 timed runs per backbone")
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--runs", type=int, default=None, help="timed runs (default 10, 3 with --quick)")
-    parser.add_argument("--names", default=",".join(NAMES), help="comma-separated backbone names")
+    parser.add_argument("--names", default=None, help="comma-separated backbone names (default: all built-in)")
     parser.add_argument("--out", type=Path, default=DEFAULT_DOC, help="markdown file to write")
     parser.add_argument("--no-doc", action="store_true", help="print only, do not write the markdown file")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -265,7 +310,7 @@ def main(argv: list[str]) -> None:
 
     runs = args.runs or (3 if args.quick else 10)
     warmup = 1 if args.quick else 2
-    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else builtin_names()
     env = (
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {_cpu_name()}, "
         f"Python {platform.python_version()}"
@@ -289,6 +334,11 @@ def main(argv: list[str]) -> None:
         command = "python tools/bench.py backbones " + " ".join(argv)
         write_doc(args.out, rows, args.size, command.strip(), env, (load_start, _load_average()))
         print(f"\nwrote {args.out}")
+    ratios = [r["ratio"] for r in rows if r["ratio"]]
+    if not ratios:
+        return []
+    return [("the stage plumbing vs torchvision's own trunk (speed ratio, 1.00 = no cost; "
+             "[docs/backbones.md](docs/backbones.md))", f"{min(ratios):.2f}–{max(ratios):.2f}×")]
 
 
 if __name__ == "__main__":

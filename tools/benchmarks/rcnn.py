@@ -45,7 +45,7 @@ def _test_image(size: int, seed: int = 0):
     return np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> list[tuple[str, str]]:
     import numpy as np
     import torch
 
@@ -154,3 +154,6 @@ def main(argv: list[str]) -> None:
     for name, boxes, seconds in rows:
         print(f"{name:<52} {boxes:>6} {1000 * seconds:>11.4g} {1 / seconds:>10.4g} {boxes / seconds:>12.3g} "
               f"{seconds / reference:>24.3g}x")
+    return [(f"roi vs warp mode, {len(proposals)} proposals at {args.size}",
+             f"roi {results['roi']:.2f} s/image, warp {results['warp']:.1f} s/image "
+             f"({results['warp'] / results['roi']:.0f}×)")]

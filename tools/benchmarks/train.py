@@ -134,7 +134,7 @@ def detkit_pass(model, optimizer, batches, work_dir: Path, log_interval: int) ->
     return _since(start)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> list[tuple[str, str]]:
     parser = argparse.ArgumentParser(prog="bench.py train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["yolov1", "small"], default="yolov1")
@@ -199,9 +199,14 @@ def main(argv: list[str]) -> None:
     if args.machinery_iters:
         ref_us, ours_us = machinery
         extra_ms = (ours_us - ref_us) / 1e3
+        share = extra_ms / (ref * 1e3 / args.iters) * 100
         print(f"loop machinery : reference {ref_us:.0f} us/it, detkit {ours_us:.0f} us/it with a trivial "
               f"model (min of {args.repeats}); detkit adds {extra_ms:.2f} ms per iteration = "
-              f"{extra_ms / (ref * 1e3 / args.iters) * 100:.3f} % of this model's median iteration")
+              f"{share:.3f} % of this model's median iteration")
+    what = f"detkit Trainer vs a hand-written loop ({label}, {args.size}, batch {args.batch})"
+    if not args.machinery_iters:
+        return [(what, f"overhead {overhead(0):+.1f}% wall-clock (median of paired repeats)")]
+    return [(what, f"loop overhead {extra_ms:.2f} ms/iteration ({share:.3f}% of an iteration)")]
 
 
 def _machinery_cost(args, work_dir: Path) -> tuple[float, float]:

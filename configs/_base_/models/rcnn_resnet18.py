@@ -5,8 +5,9 @@
 # models/sampler.py, models/proposals/.
 model = dict(
     type="rcnn",
-    # pretrained: path of a local ImageNet weights file (e.g. torchvision's resnet18-f37072fd.pth);
-    # nothing is downloaded. R-CNN fine-tunes an ImageNet network: set it for real training.
+    # pretrained: "imagenet" (torchvision's ImageNet weights, fetched once into the torch hub cache)
+    # or the path of a local weights file; None trains from scratch. R-CNN fine-tunes an ImageNet
+    # network: set it for real training.
     backbone=dict(type="resnet18", pretrained=None, out_indices=(2,)),
     # sliding_window needs nothing per image; selective_search (plugin detkit-selective-search) and
     # precomputed (proposals read from a file) are the papers' choices.

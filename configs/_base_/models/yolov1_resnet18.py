@@ -1,11 +1,13 @@
 # YOLOv1 (Redmon et al., 2016) on a ResNet-18 trunk instead of the paper's 20-layer darknet.
-# The head is the paper's: 3x3 convs -> SxS grid -> FC 4096 -> dropout 0.5 -> FC S*S*(5B+C)
-# (S=7, B=2: 7x7x30 for the 20 VOC classes). num_classes is not stated here: it follows the data's
+# The head has the paper's shape, lighter: 3x3 convs -> SxS grid -> FC 4096 -> dropout 0.5 -> FC
+# S*S*(5B+C) (S=7, B=2: 7x7x30 for the 20 VOC classes), with two 256-channel convs, batch-norm and a
+# sigmoid/softmax output (the paper's exact head: _base_/models/yolov1_darknet.py). num_classes is not stated here: it follows the data's
 # class list. Per-cell layout and the output activation are documented in detkit/models/heads/yolov1.py.
 model = dict(
     type="yolov1",
-    # pretrained: path of a local ImageNet weights file (e.g. torchvision's resnet18-f37072fd.pth);
-    # nothing is downloaded. The paper pretrains its trunk on ImageNet: set it for real training.
+    # pretrained: "imagenet" (torchvision's ImageNet weights, fetched once into the torch hub cache)
+    # or the path of a local weights file; None trains from scratch. The paper pretrains its trunk
+    # on ImageNet: set it for real training.
     backbone=dict(type="resnet18", pretrained=None),
     head=dict(
         type="yolov1",

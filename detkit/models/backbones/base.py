@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from detkit.checkpoint import read_state_dict
 from detkit.errors import CheckpointError, ConfigError
+from detkit.models.backbones.weights import pretrained_source
 
 __all__ = [
     "backbone_factory",
@@ -80,6 +81,9 @@ class Layout:
     pixel_std: tuple[float, float, float]
     min_input_size: int
     classifier_keys: tuple[str, ...] = ()
+    # The torchvision network (a ``torchvision.models.get_model_weights`` name) whose published
+    # weights this trunk loads unchanged; None when there are none (see ``weights.py``).
+    published_weights: str | None = None
 
 
 def sequential_names(prefix: str, start: int, stop: int) -> tuple[str, ...]:
@@ -156,7 +160,9 @@ class Backbone(nn.Module):
         modules: the trunk modules, registered under these names in this order.
         layout: stem, stages and facts about the weights (see :class:`Layout`).
         pretrained: path of a local weights file (a torchvision state dict or a detkit
-            checkpoint); never downloads.
+            checkpoint), or the name of torchvision's published weights for this network
+            (``"imagenet"``, ``"IMAGENET1K_V1"``...; fetched into the torch hub cache, see
+            :mod:`detkit.models.backbones.weights`).
         strict: missing/unexpected keys and shape mismatches are errors; with ``False`` they
             are logged and skipped. A file of which nothing matches is always an error.
         in_channels: input channels; the first conv is adapted (see
@@ -216,12 +222,8 @@ class Backbone(nn.Module):
 
         self._adapt_first_conv(in_channels)
         if pretrained is not None:
-            if isinstance(pretrained, bool) or not isinstance(pretrained, (str, os.PathLike)):
-                raise ConfigError(
-                    f"backbone '{name}': pretrained must be the path of a local weights file "
-                    f"(detkit never downloads; fetch e.g. torchvision's weights URL yourself), "
-                    f"got {pretrained!r}"
-                )
+            # A published name ("imagenet") becomes its file in the torch hub cache; a path stays.
+            pretrained = pretrained_source(name, layout.published_weights, pretrained)
             self.load_pretrained(pretrained, strict=strict)
         self._freeze()
         self.train()  # applies the eval-mode rules of frozen stages and norm_eval

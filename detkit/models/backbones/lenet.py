@@ -23,6 +23,14 @@ Choices, and how they differ from the paper:
   (-0.1 background, 1.175 ink) and suited to tanh. Build with ``in_channels=1`` for grey images
   (MNIST); the statistics then become ``(0.5,)``.
 * Initialisation: Xavier-uniform for tanh/sigmoid, Kaiming-normal for ReLU, zero biases.
+
+``lenet5_bn_d2l`` is the course's LeNet with batch normalisation (d2l.ai's ``BNLeNet``, section
+"Batch Normalization"): two blocks of 5×5 conv (unpadded, as the book's BN-LeNet) -> BatchNorm ->
+sigmoid -> 2×2/2 average pool, the convolutional encoder of the book's net (its three dense layers are
+the classifier). On the book's 28×28 Fashion-MNIST images the maps are 6×24×24 -> 6×12×12 ->
+16×8×8 -> 16×4×4. Stem ``c1, bn1, act1, s2`` (6 channels, stride 2), stage 0 ``c3, bn3, act3, s4``
+(16 channels, stride 4; the unpadded convs make the map ``(H - 12) / 4``, use ``feature_sizes``); the
+smallest input is 16×16. Statistics as ``lenet5`` (0.5 / 0.5).
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ from torch import nn
 
 from detkit.errors import ConfigError
 from detkit.models.backbones.base import Layout, Stage, backbone_factory
+from detkit.models.backbones.d2l import course_parts
 
-__all__ = ["lenet5"]
+__all__ = ["lenet5", "lenet5_bn_d2l"]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 _POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
@@ -83,4 +92,24 @@ lenet5 = backbone_factory(
     (classic) or ``"max"``.
     """,
     __name__, activation="tanh", pool="avg",
+)
+
+
+def _lenet5_bn_d2l_parts() -> tuple[dict, Layout]:
+    modules = {
+        "c1": nn.Conv2d(3, 6, kernel_size=5), "bn1": nn.BatchNorm2d(6), "act1": nn.Sigmoid(),
+        "s2": nn.AvgPool2d(kernel_size=2, stride=2),
+        "c3": nn.Conv2d(6, 16, kernel_size=5), "bn3": nn.BatchNorm2d(16), "act3": nn.Sigmoid(),
+        "s4": nn.AvgPool2d(kernel_size=2, stride=2),
+    }
+    return course_parts(
+        modules, Stage(("c1", "bn1", "act1", "s2"), 6, 2), [Stage(("c3", "bn3", "act3", "s4"), 16, 4)],
+        "c1", min_input_size=16, pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5),
+    )
+
+
+lenet5_bn_d2l = backbone_factory(
+    "lenet5_bn_d2l", _lenet5_bn_d2l_parts,
+    "The course's LeNet with batch-norm (d2l.ai's BNLeNet encoder): 16 channels at stride 4 "
+    "(options: see :class:`Backbone`).", __name__,
 )

@@ -41,6 +41,7 @@ _LAYOUT = Layout(
     pixel_std=IMAGENET_STD,
     min_input_size=1,
     classifier_keys=("classifier.",),
+    published_weights="mobilenet_v2",
 )
 
 

@@ -31,7 +31,7 @@ from detkit.models.backbones.base import (
 __all__ = ["vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]
 
 
-def _layout(features: nn.Sequential) -> Layout:
+def _layout(features: nn.Sequential, model: str) -> Layout:
     """Cut ``features`` after each max-pool: block 1 is the stem, blocks 2-5 the stages."""
     blocks, start, channels, stride = [], 0, 0, 1
     for i, module in enumerate(features):
@@ -49,38 +49,39 @@ def _layout(features: nn.Sequential) -> Layout:
         pixel_std=IMAGENET_STD,
         min_input_size=32,
         classifier_keys=("classifier.",),
+        published_weights=model,
     )
 
 
-def _vgg_parts(config: str, batch_norm: bool) -> tuple[dict, Layout]:
+def _vgg_parts(model: str, config: str, batch_norm: bool) -> tuple[dict, Layout]:
     features = tv_vgg.make_layers(tv_vgg.cfgs[config], batch_norm=batch_norm)
     # torchvision's VGG constructor initialises `features` in place (Kaiming, fan-out). Its
     # classifier (~120M parameters, thrown away here) is created on the meta device so building a
     # backbone does not spend a second and 500 MB initialising it.
     with torch.device("meta"):
         tv_vgg.VGG(features, init_weights=True)
-    return {"features": features}, _layout(features)
+    return {"features": features}, _layout(features, model)
 
 
 vgg11 = backbone_factory(
-    "vgg11", partial(_vgg_parts, "A", False),
+    "vgg11", partial(_vgg_parts, "vgg11", "A", False),
     "VGG-11 (configuration A) trunk: 512 channels at stride 32 (options: see :class:`Backbone`).", __name__,
 )
 
 
 vgg11_bn = backbone_factory(
-    "vgg11_bn", partial(_vgg_parts, "A", True),
+    "vgg11_bn", partial(_vgg_parts, "vgg11_bn", "A", True),
     "VGG-11 with BatchNorm after every conv: 512 channels at stride 32.", __name__,
 )
 
 
 vgg16 = backbone_factory(
-    "vgg16", partial(_vgg_parts, "D", False),
+    "vgg16", partial(_vgg_parts, "vgg16", "D", False),
     "VGG-16 (configuration D) trunk: 512 channels at stride 32 (options: see :class:`Backbone`).", __name__,
 )
 
 
 vgg16_bn = backbone_factory(
-    "vgg16_bn", partial(_vgg_parts, "D", True),
+    "vgg16_bn", partial(_vgg_parts, "vgg16_bn", "D", True),
     "VGG-16 with BatchNorm after every conv: 512 channels at stride 32.", __name__,
 )

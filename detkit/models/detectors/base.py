@@ -27,11 +27,9 @@ Training mode returns ``dict[str, scalar Tensor]`` (the trainer sums the ``loss_
 mode ``list[dict(boxes [M, 4] xyxy, scores [M], labels [M] int64)]``.
 
 The checks turn the classic mistakes (0..255 images, a dict instead of a list of targets, labels out
-of range) into clear errors naming the image. Checks that read tensor values (the 0..255 check) are
-skipped while ``torch.jit.trace``, ``torch.onnx.export``, ``torch.export`` or ``torch.compile``
-capture the model, and under ``torch.jit.trace`` (where sizes are traced values too) so are the shape
-checks: a traced check would be frozen into the graph or break the export, and a captured model is
-fed by code that has been run, checked, in eager mode.
+of range) into clear errors naming the image. The class list, the backbone, normalisation, the image
+checks and ``features()`` come from :class:`~detkit.models.base.BackboneModel` (shared with the
+classifiers); see there for what is skipped while the model is traced or exported.
 """
 
 from __future__ import annotations
@@ -39,32 +37,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from detkit import registry
 from detkit.errors import ConfigError, DataError
+from detkit.models.base import LUMA_WEIGHTS, BackboneModel, is_capturing, is_tracing
 from detkit.registry import Spec
 from detkit.structures import boxes_to_original, check_targets
 
-__all__ = ["DetectorBase", "image_name", "is_capturing", "is_tracing"]
+# is_capturing / is_tracing / LUMA_WEIGHTS live in detkit.models.base; re-exported for existing imports.
+__all__ = ["DetectorBase", "LUMA_WEIGHTS", "image_name", "is_capturing", "is_tracing"]
 
-# ITU-R BT.601 luma, what PIL's convert("L") computes: the grey a 1-channel detector sees of RGB input.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 # The keys boxes_to_original() needs from a meta.
 _MAPPING_KEYS = ("orig_size", "scale", "pad")
-
-
-def is_tracing() -> bool:
-    """True inside ``torch.jit.trace`` (and the TorchScript-based ``torch.onnx.export``), where even
-    tensor sizes are traced values: a Python check on them would be frozen into the trace."""
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
-
-
-def is_capturing() -> bool:
-    """True while torch.jit.trace, torch.onnx.export, torch.export or torch.compile runs the model:
-    reading a tensor's values in Python then breaks the export (or the compiled graph)."""
-    return bool(is_tracing() or torch.compiler.is_compiling())
 
 
 def image_name(meta: Mapping | None, index: int | None = None) -> str:
@@ -89,7 +74,7 @@ def target_metas(targets: Sequence[Mapping]) -> list[dict]:
     return metas
 
 
-class DetectorBase(nn.Module):
+class DetectorBase(BackboneModel):
     """Backbone + head + loss + postprocessor, and the shared flow (see the module docstring).
 
     Args:
@@ -105,9 +90,6 @@ class DetectorBase(nn.Module):
     ``min_input_size``, the non-persistent buffers ``pixel_mean`` / ``pixel_std`` ``[1, C, 1, 1]``.
     """
 
-    # What a backbone must offer this detector (the backbone contract of docs/architecture.md).
-    backbone_attributes: tuple[str, ...] = ("out_channels", "pixel_mean", "pixel_std")
-
     def __init__(
         self,
         backbone: Spec,
@@ -117,23 +99,7 @@ class DetectorBase(nn.Module):
         num_classes: int,
         class_names: Sequence[str] | None = None,
     ):
-        super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"model: num_classes must be a positive integer, got {num_classes!r}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ConfigError(f"model: {len(class_names)} class names for num_classes={num_classes}")
-        self.num_classes = num_classes
-        self.class_names = tuple(class_names) if class_names is not None else tuple(
-            f"class_{i}" for i in range(num_classes))
-
-        self.backbone = registry.build("backbones", backbone, path="model.backbone")
-        for attr in self.backbone_attributes:
-            if not hasattr(self.backbone, attr):
-                raise ConfigError(f"model.backbone: {type(self.backbone).__name__} has no '{attr}' attribute, "
-                                  f"which the backbone contract requires")
-        self._set_normalisation()
-        self.min_input_size = int(getattr(self.backbone, "min_input_size", 1))
-
+        super().__init__(backbone, num_classes, class_names)
         self.head = registry.build("heads", head, path="model.head", in_channels=self.backbone.out_channels,
                                    num_classes=num_classes, **self.head_defaults())
         self.check_head()
@@ -156,20 +122,6 @@ class DetectorBase(nn.Module):
                               f"{self.num_classes}; leave num_classes out of the head config (it follows the "
                               f"class list)")
 
-    def _set_normalisation(self) -> None:
-        mean, std = tuple(self.backbone.pixel_mean), tuple(self.backbone.pixel_std)
-        channels = getattr(self.backbone, "in_channels", len(mean))
-        if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
-            raise ConfigError(f"model.backbone: detectors take RGB (in_channels=3) or grey (in_channels=1) "
-                              f"images; this backbone has in_channels={channels} with {len(mean)} pixel_mean "
-                              f"and {len(std)} pixel_std values")
-        self.in_channels = channels
-        # Not persistent: they belong to the backbone's definition, not to the trained weights.
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1),
-                             persistent=False)
-
     # -- the shared flow ---------------------------------------------------------------------------
     def forward(self, images: Tensor, targets: Sequence[Mapping] | None = None,
                 metas: Sequence[Mapping | None] | None = None):
@@ -186,21 +138,6 @@ class DetectorBase(nn.Module):
     def forward_test(self, images: Tensor, metas: Sequence[Mapping | None] | None) -> list[dict]:
         """Detections in input pixels (the base maps them to the originals afterwards)."""
         raise NotImplementedError
-
-    def normalise(self, images: Tensor) -> Tensor:
-        """Images 0..1 -> the backbone's input: grey from RGB for a 1-channel backbone, then
-        ``(x - pixel_mean) / pixel_std``."""
-        if self.in_channels == 1 and images.shape[1] == 3:
-            weights = images.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
-            images = (images * weights).sum(dim=1, keepdim=True)
-        return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-
-    def features(self, images: Tensor) -> Tensor:
-        """Images 0..1 -> the backbone's last feature map (normalised first)."""
-        features = self.backbone(self.normalise(images))
-        if isinstance(features, (list, tuple)):  # a backbone built with out_indices: use the last map
-            features = features[-1]
-        return features
 
     @staticmethod
     def map_to_original(detections: list[dict], metas: Sequence[Mapping | None] | None) -> list[dict]:
@@ -244,29 +181,6 @@ class DetectorBase(nn.Module):
                 if name:
                     message += f" (image {name})"
             raise DataError(message) from exc
-
-    def check_images(self, images) -> None:
-        """Type, shape, dtype, 0..1 range and minimum size of ``images``."""
-        expected = "[N, 3, H, W] RGB" if self.in_channels == 3 else "[N, 1, H, W] grey or [N, 3, H, W] RGB"
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a float tensor {expected}, got {type(images).__name__}")
-        if is_tracing():
-            return  # sizes are traced values (see is_tracing)
-        if images.ndim != 4 or images.shape[1] not in (3, self.in_channels):
-            raise ValueError(f"images must be {expected}, got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be float in 0..1, got {images.dtype} (divide uint8 images by 255)")
-        # 0..255 input is the classic mistake; it would train, just badly, so stop it here. Reading
-        # a value is not possible while the model is captured (see the module docstring); shapes
-        # are, and become the export's guards.
-        if not is_capturing() and images.numel():
-            peak = float(images.detach().amax())
-            if peak > 1.5:
-                raise ValueError(f"images must be scaled to 0..1, found values up to {peak:.1f} "
-                                 f"(divide 0..255 images by 255)")
-        h, w = images.shape[-2:]
-        if min(h, w) < self.min_input_size:
-            raise ValueError(f"input {h}x{w} is smaller than the backbone's minimum {self.min_input_size} px")
 
 
 def _check_per_image(items, batch_size: int, what: str, allow_none: bool = False) -> None:

@@ -65,7 +65,7 @@ from detkit.models.detectors.base import DetectorBase, image_name
 from detkit.models.sampler import RegionSampler
 from detkit.registry import Spec
 
-__all__ = ["RCNN", "images_to_uint8", "proposal_boxes"]
+__all__ = ["RCNN", "RegionProposals", "images_to_uint8", "proposal_boxes"]
 
 
 def images_to_uint8(images: Tensor) -> list[np.ndarray]:
@@ -146,10 +146,12 @@ class RCNN(DetectorBase):
         self.skip_crowd = bool(skip_crowd)
         self.sampler = RegionSampler(num_samples=num_samples, fg_fraction=fg_fraction, fg_iou=fg_iou,
                                      bg_iou=tuple(bg_iou), bg_fallback=bg_fallback)
-        self.proposal_generator = registry.build("proposals", proposals, path="model.proposals")
-        if not callable(self.proposal_generator):
-            raise ConfigError(f"model.proposals: {type(self.proposal_generator).__name__} is not callable")
-        self._size_proposals: dict[tuple, Tensor] = {}  # size-only generators: (H, W, device) -> boxes
+        self.region_proposals = RegionProposals(registry.build("proposals", proposals, path="model.proposals"),
+                                                self.min_proposal_size)
+
+    @property
+    def proposal_generator(self):
+        return self.region_proposals.generator
 
     def head_defaults(self) -> dict:
         return {"stride": self.backbone.stride}
@@ -229,16 +231,47 @@ class RCNN(DetectorBase):
         generators are not graph code); every R-CNN-family detector answers it (``rcnn_classic``
         with its SVMs and box regressors)."""
         class_logits, box_deltas = self.classify_regions(images, proposals)
-        image_size = (int(images.shape[-2]), int(images.shape[-1]))
+        # Sizes as they are (traced values under export), as the graph's other consumers take them.
+        image_size = (images.shape[-2], images.shape[-1])
         return self.head.decode(class_logits, box_deltas, proposal_boxes(proposals), image_size)
 
     # -- proposals -------------------------------------------------------------------------------
     def generate_proposals(self, images: Tensor, metas: Sequence[Mapping | None] | None, cap: int) -> list[Tensor]:
-        """Proposals of every image in input pixels: float32 ``[P_i, 4]`` on the images' device,
-        clipped, without boxes below ``min_proposal_size``, at most ``cap``. ``metas`` (one per image,
-        or ``None``) are handed to generators that use them (``uses_meta``)."""
+        """Proposals of every image in input pixels (see :class:`RegionProposals`)."""
+        return self.region_proposals(images, metas, cap)
+
+    def _training_ground_truth(self, target: Mapping, device) -> tuple[Tensor, Tensor, int]:
+        boxes = target["boxes"].to(device, torch.float32).reshape(-1, 4)
+        labels = target["labels"].to(device, torch.int64).reshape(-1)
+        keep = torch.ones(len(boxes), dtype=torch.bool, device=device)
+        for key, skip in (("difficult", self.skip_difficult), ("iscrowd", self.skip_crowd)):
+            if skip and target.get(key) is not None:
+                keep &= ~torch.as_tensor(target[key], device=device).reshape(-1).bool()
+        # Degenerate boxes cannot be regression targets (log of a zero size).
+        keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return boxes[keep], labels[keep], int((~keep).sum())
+
+
+class RegionProposals:
+    """The proposal stage: a generator's boxes for every image in input pixels, cleaned. Shared by
+    :class:`RCNN` and the runtimes of exported R-CNN graphs (:mod:`detkit.deploy.backends`), which
+    take the proposals as an input.
+
+    ``__call__(images, metas, cap)``: float32 ``[P_i, 4]`` per image on the images' device, clipped,
+    without boxes below ``min_size``, at most ``cap``. ``metas`` (one per image, or ``None``) are handed
+    to generators that use them (``uses_meta``).
+    """
+
+    def __init__(self, generator, min_size: float):
+        if not callable(generator):
+            raise ConfigError(f"model.proposals: {type(generator).__name__} is not callable")
+        self.generator = generator
+        self.min_size = float(min_size)
+        self._size_proposals: dict[tuple, Tensor] = {}  # size-only generators: (H, W, device) -> boxes
+
+    def __call__(self, images: Tensor, metas: Sequence[Mapping | None] | None, cap: int) -> list[Tensor]:
         n, _, height, width = images.shape
-        generator = self.proposal_generator
+        generator = self.generator
         size_only = getattr(generator, "depends_only_on_size", False) and hasattr(generator, "for_size")
         if size_only:
             key = (height, width, images.device)
@@ -264,25 +297,13 @@ class RCNN(DetectorBase):
         if array.ndim != 2 or array.shape[1] != 4 or not np.isfinite(array).all():
             problem = (f"shape {tuple(array.shape)}" if array.ndim != 2 or array.shape[1] != 4
                        else "NaN or infinite coordinates")
-            raise DataError(f"model.proposals: {type(self.proposal_generator).__name__} returned {problem} "
+            raise DataError(f"model.proposals: {type(self.generator).__name__} returned {problem} "
                             f"for image {name or '?'}; the contract is float32 [P, 4] xyxy boxes")
         boxes = torch.tensor(array, device=device)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_proposal_size) & (
-            (boxes[:, 3] - boxes[:, 1]) >= self.min_proposal_size)
-        # Also drops empty boxes when min_proposal_size is 0: no deltas are defined for them.
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_size) & (
+            (boxes[:, 3] - boxes[:, 1]) >= self.min_size)
+        # Also drops empty boxes when min_size is 0: no deltas are defined for them.
         keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return boxes[keep]
-
-    def _training_ground_truth(self, target: Mapping, device) -> tuple[Tensor, Tensor, int]:
-        boxes = target["boxes"].to(device, torch.float32).reshape(-1, 4)
-        labels = target["labels"].to(device, torch.int64).reshape(-1)
-        keep = torch.ones(len(boxes), dtype=torch.bool, device=device)
-        for key, skip in (("difficult", self.skip_difficult), ("iscrowd", self.skip_crowd)):
-            if skip and target.get(key) is not None:
-                keep &= ~torch.as_tensor(target[key], device=device).reshape(-1).bool()
-        # Degenerate boxes cannot be regression targets (log of a zero size).
-        keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return boxes[keep], labels[keep], int((~keep).sum())
-

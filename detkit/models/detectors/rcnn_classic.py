@@ -224,7 +224,7 @@ class RCNNClassic(RCNN):
         layers = self.head.layer_features(region, sorted(needed)) if needed else {}
         head_out = self.head.predict(region) if any(s == "softmax" or b == "head" for s, b in variants) else None
         boxes = proposal_boxes(proposals).float()
-        image_size = (int(images.shape[-2]), int(images.shape[-1]))
+        image_size = (images.shape[-2], images.shape[-1])
         out = []
         for scoring, box_regression in variants:
             if scoring == "svm":

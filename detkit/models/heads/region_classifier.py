@@ -49,6 +49,7 @@ from torch.nn import functional as F
 from torchvision.ops import roi_align
 
 from detkit.errors import ConfigError
+from detkit.ops.nms import exporting
 from detkit.ops.boxes import BoxCoder, clip_boxes
 
 __all__ = ["RegionClassifierHead", "dilate_for_context"]
@@ -72,6 +73,12 @@ def dilate_for_context(boxes: Tensor, warp_size: int, context: float) -> Tensor:
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
     return torch.cat((centre - half, centre + half), dim=1)
+
+
+def _to_rois(boxes: list[Tensor], like: Tensor) -> Tensor:
+    """Per-image ``[P_i, 4]`` boxes -> rois ``[R, 5]`` with the image index in the first column."""
+    index = torch.cat([torch.full((len(b), 1), i, dtype=like.dtype, device=like.device) for i, b in enumerate(boxes)])
+    return torch.cat((index, torch.cat(boxes)), dim=1)
 
 
 def _positive_int(name: str, value) -> int:
@@ -185,23 +192,30 @@ class RegionClassifierHead(nn.Module):
         return f"mode={self.mode!r}, {where}, num_classes={self.num_classes}"
 
     # -- region features -------------------------------------------------------------------------
-    def region_features(self, x: Tensor, proposals: Sequence[Tensor],
+    def region_features(self, x: Tensor, proposals: Sequence[Tensor] | Tensor,
                         backbone: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """One feature vector per proposal, ``[R, D]`` (all images' proposals, in order).
 
         ``roi``: ``x`` is the backbone's feature map ``[N, C, h, w]``. ``warp``: ``x`` is the batch
         of normalised images ``[N, 3, H, W]`` and ``backbone`` the network run on the crops.
+        ``proposals``: one ``[P_i, 4]`` tensor per image, or all of them as rois ``[R, 5]`` (image
+        index, x1, y1, x2, y2), the form an exported graph takes (:mod:`detkit.deploy.graphs`).
         """
-        if len(proposals) != x.shape[0]:
-            raise ValueError(f"{x.shape[0]} images but proposals for {len(proposals)}")
-        boxes = [p.to(x.dtype) for p in proposals]
+        if isinstance(proposals, Tensor):
+            if proposals.dim() != 2 or proposals.shape[1] != 5:
+                raise ValueError(f"rois must be [R, 5] (image index, x1, y1, x2, y2), got {tuple(proposals.shape)}")
+            rois = proposals.to(x.dtype)
+        else:
+            if len(proposals) != x.shape[0]:
+                raise ValueError(f"{x.shape[0]} images but proposals for {len(proposals)}")
+            rois = _to_rois([p.to(x.dtype) for p in proposals], x)
         if self.mode == "roi":
-            pooled = roi_align(x, boxes, output_size=self.pool_size, spatial_scale=1.0 / self.stride,
+            pooled = roi_align(x, rois, output_size=self.pool_size, spatial_scale=1.0 / self.stride,
                                sampling_ratio=self.sampling_ratio, aligned=True)
             return pooled.flatten(1)
         if backbone is None:
             raise ValueError("warp mode needs the backbone to run on the warped crops")
-        return self._warped_features(x, boxes, backbone)
+        return self._warped_features(x, rois, backbone)
 
     def warp(self, images: Tensor, rois: Tensor) -> Tensor:
         """Crops of ``rois`` (``[K, 5]``: image index, x1, y1, x2, y2), context-dilated and warped to
@@ -210,13 +224,13 @@ class RegionClassifierHead(nn.Module):
         return roi_align(images, torch.cat((rois[:, :1], dilated), dim=1), output_size=self.warp_size,
                          spatial_scale=1.0, sampling_ratio=self.warp_sampling_ratio, aligned=True)
 
-    def _warped_features(self, images: Tensor, boxes: list[Tensor], backbone) -> Tensor:
-        image_index = torch.cat([torch.full((len(b), 1), i, dtype=images.dtype, device=images.device)
-                                 for i, b in enumerate(boxes)])
-        rois = torch.cat((image_index, torch.cat(boxes)), dim=1)
+    def _warped_features(self, images: Tensor, rois: Tensor, backbone) -> Tensor:
+        # Chunks bound the memory of eager runs; a captured graph takes every crop at once (a loop
+        # over a data-dependent count cannot be recorded).
+        chunk = rois.shape[0] if exporting() else self.warp_chunk
         pieces = []
-        for start in range(0, rois.shape[0], self.warp_chunk):
-            crops = self.warp(images, rois[start:start + self.warp_chunk])
+        for start in range(0, rois.shape[0], max(1, chunk)):
+            crops = self.warp(images, rois[start:start + chunk])
             features = backbone(crops)
             if isinstance(features, (list, tuple)):  # built with out_indices: use the last map
                 features = features[-1]

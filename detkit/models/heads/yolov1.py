@@ -30,15 +30,25 @@ Two bodies (``mode=``), both ending in adaptive average pooling to ``S x S`` so 
 backbone accepts works:
 
 * ``"fc"`` (the paper): ``num_convs`` 3x3 convs -> pool to SxS -> flatten -> FC ``hidden_dim`` ->
-  LeakyReLU(0.1) -> dropout -> FC ``S*S*(5B+C)``. The paper uses four 1024-channel convs; the default
-  ``conv_channels=256`` keeps the first FC layer at ``S*S*256*4096`` (51M) weights instead of 205M.
+  LeakyReLU(0.1) -> dropout -> FC ``S*S*(5B+C)``. The default ``conv_channels=256`` keeps the first FC
+  layer at ``S*S*256*4096`` (51M) weights instead of the paper's 205M.
 * ``"conv"`` (lighter): ``num_convs`` 3x3 convs -> pool to SxS -> 1x1 conv to ``5B+C`` channels. Each
   cell then only sees its own receptive field instead of the whole image; far fewer parameters.
   When the feature map is smaller than SxS (input below ``S * backbone.stride``), pooling repeats
   features across neighbouring cells, which the conv head cannot tell apart; the fc head can.
+
+The paper's head exactly (on the 20-layer darknet backbone, whose map is 14x14x1024 at 448): the four
+detection convs of Figure 3, ``num_convs=4, conv_channels=1024, conv_strides=(1, 2, 1, 1)`` (the
+second halves the map to 7x7, so the pooling to SxS does nothing at 448), ``norm=False`` (no
+batch-norm in YOLOv1), ``mode="fc", hidden_dim=4096, dropout=0.5`` and ``activation="linear"``;
+``configs/_base_/models/yolov1_darknet.py`` states them. The defaults (``num_convs=2``,
+``conv_channels=256``, ``norm=True``, ``activation="sigmoid"``) are the lighter, easier-to-train head
+the ResNet configs use.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -62,6 +72,8 @@ class YOLOv1Head(nn.Module):
         dropout: dropout after the first fully-connected layer (``fc`` only, as in the paper).
         conv_channels: channels of the 3x3 convs before pooling.
         num_convs: how many 3x3 convs (0 = pool the backbone features directly).
+        conv_strides: stride of each of those convs (``None``: all 1); the paper's four are
+            ``(1, 2, 1, 1)``.
         norm: batch norm after each conv (YOLOv2 added it; the paper had none).
         activation: ``"sigmoid"`` or ``"linear"``; see the module docstring.
         negative_slope: slope of the LeakyReLU activations (0.1 in the paper).
@@ -78,6 +90,7 @@ class YOLOv1Head(nn.Module):
         dropout: float = 0.5,
         conv_channels: int = 256,
         num_convs: int = 2,
+        conv_strides: Sequence[int] | None = None,
         norm: bool = True,
         activation: str = "sigmoid",
         negative_slope: float = 0.1,
@@ -94,6 +107,12 @@ class YOLOv1Head(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(num_convs, int) or num_convs < 0:
             raise ValueError(f"num_convs must be a non-negative integer, got {num_convs!r}")
+        strides = [1] * num_convs if conv_strides is None else list(conv_strides)
+        if len(strides) != num_convs or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in strides):
+            raise ValueError(
+                f"conv_strides must hold one positive integer per conv (num_convs={num_convs}), "
+                f"got {conv_strides!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
 
@@ -107,8 +126,8 @@ class YOLOv1Head(nn.Module):
 
         layers: list[nn.Module] = []
         channels = in_channels
-        for _ in range(num_convs):
-            layers.append(nn.Conv2d(channels, conv_channels, 3, padding=1, bias=not norm))
+        for stride in strides:
+            layers.append(nn.Conv2d(channels, conv_channels, 3, stride=stride, padding=1, bias=not norm))
             if norm:
                 layers.append(nn.BatchNorm2d(conv_channels))
             layers.append(nn.LeakyReLU(negative_slope, inplace=True))

@@ -16,7 +16,9 @@ and finally drops the boxes whose decayed score fell to ``score_threshold`` or b
 This module honours detkit's postprocessor contract (the same as the built-in ``batched_nms``):
 ``__call__(boxes, scores)`` on a whole batch, ``boxes`` ``[N, M, 4]`` (shared by the classes) or
 ``[N, M, C, 4]`` (per class), ``scores`` ``[N, M, C]``, or lists of per-image tensors; returns
-``list[dict(boxes=[K, 4], scores=[K], labels=[K])]``, highest score first.
+``list[dict(boxes=[K, 4], scores=[K], labels=[K])]``, highest score first. detkit's
+``normalise_batch`` checks both layouts and splits the batch into images, with the same error
+messages as the built-in postprocessor.
 
 Implementation notes:
 
@@ -31,10 +33,10 @@ Implementation notes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torchvision.ops import box_iou
+
+from detkit.ops.postprocess import normalise_batch
 
 __all__ = ["SoftNMS", "soft_nms", "METHODS"]
 
@@ -140,8 +142,7 @@ class SoftNMS:
         self.class_agnostic = bool(class_agnostic)
 
     def __call__(self, boxes, scores) -> list[dict[str, torch.Tensor]]:
-        boxes_list, scores_list = _per_image(boxes, scores)
-        return [self.single(b, s) for b, s in zip(boxes_list, scores_list)]
+        return [self.single(b, s) for b, s in normalise_batch(boxes, scores, who="soft_nms").images()]
 
     def single(self, boxes: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """One image: ``boxes`` ``[M, 4]`` or ``[M, C, 4]``, ``scores`` ``[M, C]``."""
@@ -169,30 +170,3 @@ class SoftNMS:
         extra = f", sigma={self.sigma}" if self.method == "gaussian" else f", iou_threshold={self.iou_threshold}"
         return (f"SoftNMS(method={self.method!r}{extra}, score_threshold={self.score_threshold}, "
                 f"max_per_image={self.max_per_image})")
-
-
-def _per_image(boxes, scores) -> tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]:
-    """Split the batch into per-image tensors and check their shapes against each other."""
-    if isinstance(boxes, torch.Tensor) and boxes.dim() in (3, 4):
-        boxes = list(boxes.unbind(0))
-    if isinstance(scores, torch.Tensor) and scores.dim() == 3:
-        scores = list(scores.unbind(0))
-    if not isinstance(boxes, (list, tuple)) or not isinstance(scores, (list, tuple)):
-        raise ValueError(
-            "soft_nms expects boxes [N, M, 4] or [N, M, C, 4] and scores [N, M, C] (or lists of per-image "
-            f"tensors), got boxes {_describe(boxes)} and scores {_describe(scores)}")
-    if len(boxes) != len(scores):
-        raise ValueError(f"soft_nms: {len(boxes)} images of boxes but {len(scores)} of scores")
-    for i, (b, s) in enumerate(zip(boxes, scores)):
-        ok = (isinstance(b, torch.Tensor) and isinstance(s, torch.Tensor) and s.dim() == 2
-              and ((b.dim() == 2 and b.shape == (s.shape[0], 4))
-                   or (b.dim() == 3 and b.shape == (s.shape[0], s.shape[1], 4))))
-        if not ok:
-            raise ValueError(
-                f"soft_nms: image {i}: boxes must be [M, 4] or [M, C, 4] for scores [M, C], got boxes "
-                f"{_describe(b)} and scores {_describe(s)}")
-    return boxes, scores
-
-
-def _describe(x) -> str:
-    return f"{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__

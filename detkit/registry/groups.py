@@ -1,7 +1,7 @@
-"""Component registries over Python package entry points.
+"""Finding components: one registry per group over Python package entry points.
 
-Every component (backbone, head, loss, postprocessor, detector, dataset, proposal generator) is found
-through an entry point in the group ``detkit.<group>``. detkit declares its own components in its
+Every component (backbone, head, loss, postprocessor, detector, classifier, dataset, proposal
+generator) is found through an entry point in the group ``detkit.<group>``. detkit declares its own components in its
 ``setup.cfg`` exactly as a third-party package would, so a plugin is just another distribution.
 
 * Listing names reads package metadata only; a component's module is imported the first time it is
@@ -15,60 +15,24 @@ through an entry point in the group ``detkit.<group>``. detkit declares its own 
   uninstalling them (detkit's own built-ins cannot be disabled).
 * :func:`register` adds a component in-process, for tests and notebooks, without touching the
   installed entry points.
-
-Building from a config: :func:`build` takes ``dict(type=NAME, **kwargs)``, checks the keyword
-arguments against the factory's signature before calling it, and reports a wrong key with its dotted
-config path (``model.backbone.depht``) and a suggestion.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.metadata as importlib_metadata
-import inspect
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from detkit.errors import (
-    ConfigError,
-    DetkitError,
-    DuplicateComponentError,
-    PluginLoadError,
-    RegistryError,
-    UnknownComponentError,
-)
+from detkit.errors import DuplicateComponentError, PluginLoadError, RegistryError, UnknownComponentError
 
-__all__ = [
-    "GROUPS",
-    "Spec",
-    "ComponentInfo",
-    "available",
-    "build",
-    "get",
-    "register",
-    "unregister",
-    "components",
-    "refresh",
-]
+__all__ = ["GROUPS", "ComponentInfo", "available", "get", "register", "unregister", "components", "refresh"]
 
-GROUPS = ("backbones", "heads", "losses", "postprocessors", "detectors", "datasets", "proposals")
+GROUPS = ("backbones", "heads", "losses", "postprocessors", "detectors", "classifiers", "datasets", "proposals")
 ENTRY_POINT_PREFIX = "detkit."
 DISABLE_ENV = "DETKIT_DISABLE_PLUGINS"
 CORE_DISTRIBUTION = "detkit"
-
-# Arguments with these names hold a nested component config: ``backbone=dict(type='resnet18')`` is
-# built from the ``backbones`` group with its own dotted path for error messages.
-CHILD_GROUPS = {
-    "backbone": "backbones",
-    "head": "heads",
-    "loss": "losses",
-    "postprocessor": "postprocessors",
-    "proposals": "proposals",
-    "proposal_generator": "proposals",
-    "dataset": "datasets",
-}
 
 # Singular nouns for messages ("'resnet19' is not a registered backbone").
 _SINGULAR = {
@@ -77,6 +41,7 @@ _SINGULAR = {
     "losses": "loss",
     "postprocessors": "postprocessor",
     "detectors": "detector",
+    "classifiers": "classifier",
     "datasets": "dataset",
     "proposals": "proposal generator",
 }
@@ -332,135 +297,3 @@ def components(group: str | None = None, *, load: bool = True) -> list[Component
                 )
             )
     return infos
-
-
-# ----------------------------------------------------------------------------------------------
-# Building from config dicts
-# ----------------------------------------------------------------------------------------------
-
-
-class Spec:
-    """A validated component config that is not built yet.
-
-    ``build()`` validates a whole nested config before constructing anything, so a typo deep inside
-    ``model.head`` is reported before a backbone spends seconds being built. A parent factory that
-    needs to pass values to a child (a detector giving its head ``in_channels`` and ``num_classes``)
-    annotates that parameter as ``Spec`` and calls ``spec.build(in_channels=..., num_classes=...)``;
-    values in the config win over those defaults.
-    """
-
-    def __init__(self, group: str, cfg: Mapping, path: str | None = None):
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(f"{_where(path)}expected a dict with 'type', got {type(cfg).__name__}")
-        if "type" not in cfg:
-            raise ConfigError(
-                f"{_where(path)}missing 'type' (one of: {', '.join(available(group)) or 'none'})"
-            )
-        self.group = _group(group).group
-        self.name = cfg["type"]
-        self.path = path or _SINGULAR[self.group]
-        self.factory = _group(group).get(self.name, path=f"{self.path}.type")
-        self.kwargs: dict[str, Any] = {}
-        self._signature = _signature(self.factory)
-        params = self._signature.parameters if self._signature else {}
-        accepts_any = self._signature is None or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-        )
-        for key, value in cfg.items():
-            if key == "type":
-                continue
-            if not accepts_any and key not in params:
-                raise ConfigError(self._unknown_argument(key, params))
-            child_group = CHILD_GROUPS.get(key)
-            if child_group and isinstance(value, Mapping) and "type" in value:
-                value = Spec(child_group, value, f"{self.path}.{key}")
-            self.kwargs[key] = value
-
-    def _unknown_argument(self, key: str, params) -> str:
-        names = [
-            n
-            for n, p in params.items()
-            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        ]
-        msg = f"{self.path}.{key}: unknown argument for {_SINGULAR[self.group]} '{self.name}'."
-        close = difflib.get_close_matches(key, names, n=2, cutoff=0.6)
-        if close:
-            msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
-        return msg + f" It accepts: {', '.join(names) or '(no arguments)'}."
-
-    def accepts(self, name: str) -> bool:
-        if self._signature is None:
-            return True
-        params = self._signature.parameters
-        return name in params or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-        )
-
-    def build(self, **defaults):
-        """Construct the component. ``defaults`` fill arguments the config leaves out (and are
-        dropped when the factory does not take them)."""
-        kwargs = {k: v for k, v in defaults.items() if self.accepts(k)}
-        params = self._signature.parameters if self._signature else {}
-        for key, value in self.kwargs.items():
-            if isinstance(value, Spec):
-                wants_spec = _annotation_is_spec(params.get(key))
-                value = value if wants_spec else value.build()
-            kwargs[key] = value
-        if self._signature is not None:
-            missing = [
-                n
-                for n, p in params.items()
-                if p.default is inspect.Parameter.empty
-                and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-                and n not in kwargs
-            ]
-            if missing:
-                raise ConfigError(
-                    f"{self.path}: {_SINGULAR[self.group]} '{self.name}' needs "
-                    f"{', '.join(repr(m) for m in missing)}, which the config does not set."
-                )
-        try:
-            return self.factory(**kwargs)
-        except ConfigError as exc:
-            if str(exc).startswith(self.path):
-                raise
-            raise ConfigError(f"{self.path}: {exc}") from exc  # say where in the config it happened
-        except DetkitError:  # already says what is wrong (e.g. a bad data file, naming the file)
-            raise
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"{self.path}: building {_SINGULAR[self.group]} '{self.name}' failed: {exc}"
-            ) from exc
-
-    def __repr__(self):
-        return f"Spec({self.group}:{self.name} at {self.path})"
-
-
-def _annotation_is_spec(param) -> bool:
-    if param is None:
-        return False
-    ann = param.annotation
-    if ann is Spec:
-        return True
-    return isinstance(ann, str) and ann.split(".")[-1].split("|")[0].strip() == "Spec"
-
-
-def _signature(factory) -> inspect.Signature | None:
-    try:
-        return inspect.signature(factory)
-    except (TypeError, ValueError):  # some builtins have no signature: accept anything
-        return None
-
-
-def build(group: str, cfg, *, path: str | None = None, **defaults):
-    """Build a component of ``group`` ("backbones", "heads", ...) from ``dict(type=NAME, **kwargs)``.
-
-    ``path`` is the dotted config path used in error messages (``"model.backbone"``). ``defaults``
-    fill arguments the config leaves out. A value that is already built (not a dict) is returned
-    unchanged, so Python users can pass modules directly.
-    """
-    if isinstance(cfg, Spec):
-        return cfg.build(**defaults)
-    if not isinstance(cfg, Mapping):
-        return cfg
-    return Spec(group, cfg, path).build(**defaults)
