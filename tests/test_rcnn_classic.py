@@ -449,8 +449,8 @@ def test_stages_run_after_fine_tuning_and_resume_where_they_stopped(tiny_classic
     model.load_state_dict(final)
     [direct] = model.eval()(image[None], metas=[target["meta"]])
     assert len(direct["scores"]) > 0 and bool((direct["scores"] < 0).any())  # margins, not probabilities
-    torch.testing.assert_close(predicted["scores"], direct["scores"])
-    torch.testing.assert_close(predicted["boxes"], direct["boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(predicted.scores, direct["scores"])
+    torch.testing.assert_close(predicted.boxes, direct["boxes"], atol=1e-3, rtol=1e-4)
 
     softmax_cfg = json.loads(json.dumps(cfg))
     softmax_cfg["model"].update(scoring="softmax", box_regression="none")
