@@ -39,6 +39,7 @@ __all__ = ["Stage", "StageContext", "StagesHook", "stage_hooks", "network_finger
 logger = logging.getLogger("detkit")
 
 STATE_FILE = "stages.json"
+EPOCH_TIMES_FILE = "finetune_epochs.json"  # {epoch: [wall seconds, CPU seconds]} of the training loop
 _STATE_FORMAT = "detkit-stages"
 
 
@@ -89,11 +90,27 @@ class StagesHook(Hook):
         self.make_stages = make_stages
         self.context = context
         self._cpu_start = None
+        self._epoch_start = None
 
     def before_train(self, trainer) -> None:
         # CPU seconds of this process (all its threads): what a stage costs whatever else the machine
         # runs; wall-clock times on a shared machine mostly measure the others.
         self._cpu_start = time.process_time()
+
+    def before_epoch(self, trainer) -> None:
+        self._epoch_start = (time.perf_counter(), time.process_time())
+
+    def after_epoch(self, trainer) -> None:
+        # Each epoch's wall-clock and CPU seconds (its evaluation included: this hook runs last), kept
+        # in the work dir by epoch number, so that a fine-tuning interrupted and resumed is timed in
+        # full, not only the epochs of the last process.
+        if self._epoch_start is None:
+            return
+        path = self.context.work_dir / EPOCH_TIMES_FILE
+        times = _read_json(path)
+        times[str(trainer.epoch + 1)] = [time.perf_counter() - self._epoch_start[0],
+                                         time.process_time() - self._epoch_start[1]]
+        write_json(path, times)
 
     def after_train(self, trainer) -> None:
         if not trainer.completed:
@@ -109,8 +126,14 @@ class StagesHook(Hook):
                 logger.warning("the fine-tuned network differs from the one the recorded stages used; "
                                "running every stage again")
             state = {"format": _STATE_FORMAT, "fingerprint": fingerprint, "stages": {}}
-        # The loop's time when it ran in this process (a resumed run keeps the first record; a loop that
-        # had no epoch left to run measured nothing).
+        # The loop's time: the sum of its epochs' when every epoch was timed (across resumed processes),
+        # else the loop of this process (a resumed run keeps the first record; a loop that had no epoch
+        # left to run measured nothing).
+        epochs = _read_json(context.work_dir / EPOCH_TIMES_FILE)
+        timed = [epochs.get(str(e)) for e in range(1, trainer.epochs_done + 1)]
+        if trainer.epochs_done and all(isinstance(t, list) and len(t) == 2 for t in timed):
+            state["finetune_seconds"] = sum(t[0] for t in timed)
+            state["finetune_cpu_seconds"] = sum(t[1] for t in timed)
         ran = trainer.epochs_done > getattr(trainer, "start_epoch", 0)
         state.setdefault("finetune_seconds", getattr(trainer, "train_time", None) if ran else None)
         state.setdefault("finetune_cpu_seconds",
@@ -141,14 +164,19 @@ class StagesHook(Hook):
 
 
 def _read_state(path: Path) -> dict:
+    state = _read_json(path, "running every stage again")
+    return state if state.get("format") == _STATE_FORMAT else {}
+
+
+def _read_json(path: Path, consequence: str = "ignored") -> dict:
     if not path.is_file():
         return {}
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        logger.warning("%s is unreadable; running every stage again", path)
+        logger.warning("%s is unreadable; %s", path, consequence)
         return {}
-    return state if isinstance(state, dict) and state.get("format") == _STATE_FORMAT else {}
+    return data if isinstance(data, dict) else {}
 
 
 def stage_hooks(model: torch.nn.Module, **context) -> list[Hook]:

@@ -149,6 +149,11 @@ class RCNNClassic(RCNN):
         self.register_buffer("bbox_scale", torch.tensor(1.0))
         self.register_buffer("bbox_trained", torch.tensor(False))
         self._warned: set[str] = set()
+        # The two flags as Python bools, read by test time: a branch on a buffer's value is data-
+        # dependent control flow, which torch.export (ONNX export) cannot trace. Kept in step with the
+        # buffers by set_svms / set_box_regressors and after every load_state_dict.
+        self._ready = {"svm": False, "ridge": False}
+        self.register_load_state_dict_post_hook(lambda module, _: module._sync_ready())
 
     def _check_modes(self) -> None:
         if self.scoring not in SCORINGS:
@@ -169,6 +174,7 @@ class RCNNClassic(RCNN):
         self.svm_bias.copy_(torch.as_tensor(bias))
         self.svm_scale.fill_(float(scale))
         self.svm_trained.fill_(True)
+        self._sync_ready()
 
     def set_box_regressors(self, beta: Tensor, mu: Tensor, t_inv: Tensor, scale: float) -> None:
         """Install the ridge regressors of stage 4 (``[C, D + 1, 4]``, ``[C, 4]``, ``[C, 4, 4]``)."""
@@ -177,6 +183,10 @@ class RCNNClassic(RCNN):
         self.bbox_t_inv.copy_(torch.as_tensor(t_inv))
         self.bbox_scale.fill_(float(scale))
         self.bbox_trained.fill_(True)
+        self._sync_ready()
+
+    def _sync_ready(self) -> None:
+        self._ready = {"svm": bool(self.svm_trained), "ridge": bool(self.bbox_trained)}
 
     def network_state(self) -> dict[str, Tensor]:
         """The fine-tuned network's weights (what stage 1 produced; the stages' inputs)."""
@@ -193,11 +203,11 @@ class RCNNClassic(RCNN):
         SVMs / regressors fall back to ``softmax`` / ``none`` until their stage has run."""
         scoring = scoring or self.scoring
         box_regression = box_regression or self.box_regression
-        if scoring == "svm" and not bool(self.svm_trained):
+        if scoring == "svm" and not self._ready["svm"]:
             self._warn_once("svm", "rcnn_classic: the SVMs are not trained yet (stage 3); scoring with the "
                                    "fine-tuned softmax head")
             scoring = "softmax"
-        if box_regression == "ridge" and not bool(self.bbox_trained):
+        if box_regression == "ridge" and not self._ready["ridge"]:
             self._warn_once("ridge", "rcnn_classic: the box regressors are not trained yet (stage 4); "
                                      "boxes are the proposals")
             box_regression = "none"
