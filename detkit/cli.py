@@ -19,11 +19,13 @@ from detkit.inference import DEFAULT_CONF
 
 
 def _friendly_errors(func):
-    """Print DetkitError as a one-line message (exit 2) instead of a traceback."""
+    """Print DetkitError as a one-line message (exit 2) instead of a traceback; so too a file-system
+    error of the machine (permission denied, read-only or full disk) that names its file."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from detkit.errors import DetkitError
+        from detkit.fileio import ENVIRONMENT_ERRNOS
 
         try:
             return func(*args, **kwargs)
@@ -31,6 +33,11 @@ def _friendly_errors(func):
             if os.environ.get("DETKIT_DEBUG"):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if os.environ.get("DETKIT_DEBUG") or exc.errno not in ENVIRONMENT_ERRNOS or not exc.filename:
+                raise
+            click.secho(f"error: {exc.filename}: {exc.strerror}", fg="red", err=True)
             sys.exit(2)
 
     return wrapper
@@ -48,6 +55,13 @@ set_option = click.option(
     multiple=True,
     metavar="KEY=VALUE",
     help="Override config values by dotted path: --set a.b=1 c=2 (or repeat --set); +KEY=VALUE adds a key.",
+)
+
+
+unsafe_load_option = click.option(
+    "--unsafe-load", is_flag=True,
+    help="Allow a checkpoint that stores pickled Python objects. Loading it runs code from the file: only "
+         "for files you trust (a warning is printed every time).",
 )
 
 
@@ -160,8 +174,7 @@ _train_options = _stack(
     click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (overrides train.amp)."),
     click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs)."),
-    click.option("--unsafe-load", is_flag=True,
-                 help="Allow resuming from a checkpoint that needs pickle (only for files you trust)."),
+    unsafe_load_option,
     click.option("--launcher", type=click.Choice(["none", "torchrun"]), default="none",
                  help="torchrun: join the process group that torchrun set up (also auto-detected)."),
     _friendly_errors,
@@ -192,7 +205,7 @@ _eval_options = _stack(
                  help="Write the metrics as JSON here."),
     click.option("--device", default=None),
     click.option("--batch-size", type=int, default=None),
-    click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle."),
+    unsafe_load_option,
     set_option,
     _friendly_errors,
 )
@@ -277,7 +290,7 @@ def classify_eval(args, overrides, data_config, **options):
 @click.option("--save-json", is_flag=True, help="Write predictions.json (COCO results format).")
 @click.option("--save-txt", is_flag=True, help="Write one .txt per image, one line per box.")
 @click.option("--show", is_flag=True, help="Show results in a window (needs a display).")
-@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@unsafe_load_option
 @set_option
 @_friendly_errors
 def infer(args, conf, iou, max_det, classes, device, batch_size, out_dir, exist_ok, save_vis, save_json,
@@ -314,7 +327,7 @@ def infer(args, conf, iou, max_det, classes, device, batch_size, out_dir, exist_
 @click.option("--half/--no-half", default=True, show_default=True, help="pth: store weights as float16.")
 @click.option("--int8", is_flag=True, help="onnx, yolov1: int8 weights and activations (ONNX Runtime static "
               "quantisation calibrated on the config's validation images); see README Deploy for its speed and mAP.")
-@click.option("--unsafe-load", is_flag=True, help="Allow a checkpoint that needs pickle.")
+@unsafe_load_option
 @set_option
 @_friendly_errors
 def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, max_det, half, int8, unsafe_load,
@@ -334,21 +347,26 @@ def export(checkpoint, fmt, out, dynamic_batch, no_nms, config_file, conf, iou, 
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="all",
               show_default=True)
 @click.option("--workers", type=int, default=None, help="Parallel readers (default: CPU count).")
+@click.option("--no-cache", is_flag=True, help="Decode every image again (ignore the verification cache).")
 @set_option
 @_friendly_errors
-def check_data(config_file, split, workers, overrides):
-    """Read every sample of the config's data once and report counts and problems."""
+def check_data(config_file, split, workers, no_cache, overrides):
+    """Read every sample of the config's data once and report counts and problems.
+
+    Runs the verification pass training runs when it builds the data (same report); exit status 1
+    when a sample would be excluded from training or a split cannot be built.
+    """
     from detkit.data.check import check_data as run_check
 
     cfg = _load(config_file, overrides)
-    fatal = run_check(cfg, split=split, workers=workers)
+    fatal = run_check(cfg, split=split, workers=workers, cache=not no_cache)
     sys.exit(1 if fatal else 0)
 
 
 # ----------------------------------------------------------------------------------------------
 @main.group()
 def data():
-    """Data set tools: synthetic data, conversion, browsing."""
+    """Data set tools: download, synthetic data, conversion, browsing."""
 
 
 @data.command("make-shapes")
@@ -381,6 +399,47 @@ def voc2coco(root, out, split, classes):
 
     names = [c.strip() for c in classes.split(",")] if classes else None
     click.echo(voc_to_coco(root, out, split=split, classes=names))
+
+
+@data.command("convert")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--to", "to", type=click.Choice(["voc", "coco", "yolo"]), required=True, help="Layout to write.")
+@click.option("--from", "src_format", type=click.Choice(["voc", "coco", "yolo"]), default=None,
+              help="Layout of SRC (default: recognised from its files).")
+@click.option("--split", "splits", multiple=True, help="Splits to convert (repeat; default: train and val).")
+@click.option("--classes", default=None, help="Comma-separated class names (default: the source's own).")
+@click.option("--img-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Image folder of a COCO JSON given as SRC.")
+@click.option("--images", type=click.Choice(["link", "copy", "symlink"]), default="link", show_default=True,
+              help="How images get into OUT (link: hard link, copied when that is impossible).")
+@_friendly_errors
+def data_convert(src, out, to, src_format, splits, classes, img_dir, images):
+    """Convert the data set SRC (VOC folder, COCO folder or JSON, YOLO data.yaml) to another layout in OUT."""
+    from detkit.data.convert import convert
+
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    click.echo(convert(src, out, to=to, src_format=src_format, splits=splits or ("train", "val"), classes=names,
+                       img_dir=img_dir, images=images))
+
+
+@data.command("get")
+@click.argument("name", required=False)
+@click.option("--dir", "dest", type=click.Path(file_okay=False), default=None,
+              help="Data folder to fill (default: $DETKIT_DATA, else data/ of this clone).")
+@click.option("--list", "show_list", is_flag=True, help="List the known data sets.")
+@click.option("--mirror", default=None, metavar="URL", help="Fetch each file as URL/<file name> instead.")
+@click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives (in DIR/.downloads/).")
+@click.option("--force", is_flag=True, help="Fetch again even if the data set is in place.")
+@_friendly_errors
+def data_get(name, dest, show_list, mirror, keep_archives, force):
+    """Download the public data set NAME, check it and lay it out the way detkit reads it."""
+    from detkit.data.fetch import fetch, format_table
+
+    if show_list or not name:
+        click.echo(format_table())
+        return
+    click.echo(fetch(name, dest, mirror=mirror, keep_archives=keep_archives, force=force))
 
 
 @data.command("show")

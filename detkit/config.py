@@ -12,6 +12,9 @@ are plain data: dicts, lists, tuples, strings, numbers, booleans and None.
   (``data.train.transforms.0.p=0.2``).
 * A string ``"${data.root}"`` refers to another value and is resolved *after* overrides, so
   overriding ``data.root`` reaches every place that refers to it; ``"${data.root}/train"`` formats.
+* Relative paths in ``data.<split>`` (``root``, ``ann_file``, ``img_dir``...) are made absolute as the
+  config is loaded: against the folder of the file that wrote them (or ``$DETKIT_DATA``), and
+  ``--set`` ones against the current directory (:mod:`detkit.data.paths`).
 * The resolved config is plain JSON (:func:`dump_config`), loadable without executing any code.
 """
 
@@ -28,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from detkit.data.paths import resolve_data_paths
 from detkit.errors import ConfigError
 from detkit.schema import SECTION_DEFAULTS
 
@@ -46,6 +50,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     path = Path(path)
     cfg = _strip_delete_markers(_load_file(path, stack=()))
     cfg = apply_overrides(cfg, overrides, defaults=SECTION_DEFAULTS)
+    if overrides and "data" in cfg:  # paths given on the command line are relative to where it runs
+        cfg["data"] = resolve_data_paths(cfg["data"], Path.cwd(), from_file=False)
     return resolve_references(cfg)
 
 
@@ -58,13 +64,23 @@ def _load_file(path: Path, stack: tuple) -> dict:
         raise ConfigError(f"_base_ cycle: {chain}")
     if path.suffix == ".json":
         try:
-            return json.loads(path.read_text())
+            cfg = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                              f"{exc.start}); JSON configs must be saved as UTF-8") from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+        if isinstance(cfg, dict) and "data" in cfg:
+            cfg["data"] = resolve_data_paths(cfg["data"], path.parent, from_file=True)
+        return cfg
     if path.suffix != ".py":
         raise ConfigError(f"{path}: a config is a .py file (or a resolved .json dump)")
     try:
         namespace = runpy.run_path(str(path), run_name="__detkit_config__")
+    except SystemExit as exc:
+        # Would otherwise end `detkit train` with this status, silently and without training.
+        raise ConfigError(f"{path}: the config called sys.exit({exc.code!r}); a config file only "
+                          "defines values") from None
     except Exception as exc:
         raise ConfigError(f"{path}: executing the config failed: {type(exc).__name__}: {exc}") from exc
 
@@ -81,6 +97,8 @@ def _load_file(path: Path, stack: tuple) -> dict:
             continue
         own[key] = _plain(value, f"{path.name}:{key}")
     _check_section_names(own, path)
+    if "data" in own:  # relative data paths are relative to the file that wrote them
+        own["data"] = resolve_data_paths(own["data"], path.parent, from_file=True)
     return merge(merged, own)
 
 
@@ -260,5 +278,5 @@ def resolve_references(cfg: dict) -> dict:
 def dump_config(cfg: Mapping, path: str | Path | None = None) -> str:
     text = json.dumps(cfg, indent=2, sort_keys=False)
     if path is not None:
-        Path(path).write_text(text + "\n")
+        Path(path).write_text(text + "\n", encoding="utf-8")
     return text

@@ -39,3 +39,9 @@ class DataError(DetkitError, ValueError):
 
 class CheckpointError(DetkitError, RuntimeError):
     """A checkpoint is missing, corrupt, or not safe to load with weights_only=True."""
+
+
+class OutputError(DetkitError, OSError):
+    """A file or folder detkit has to write cannot be written (permission denied, read-only or full
+    file system). The message names the path; an ``OSError`` so callers that caught the raw error
+    keep working."""

@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+from detkit.fileio import temp_path
+
 __all__ = ["to_jsonable", "write_json"]
 
 
@@ -31,7 +33,7 @@ def write_json(path, obj, indent: int | None = 2) -> Path:
     parent folders are created. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     tmp.write_text(json.dumps(to_jsonable(obj), indent=indent) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path

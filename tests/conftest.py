@@ -1,16 +1,35 @@
-"""Shared fixtures: fake installed distributions, the raccoon data set, slow-test gating."""
+"""Shared fixtures: fake installed distributions, the raccoon data set, slow-test gating, a private cache."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RACCOON_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "raccoon"
+# ../shared next to the repository; DETKIT_TEST_RACCOON points elsewhere (e.g. from a git worktree).
+RACCOON_ROOT = Path(os.environ.get("DETKIT_TEST_RACCOON") or REPO_ROOT.parent / "shared" / "datasets" / "raccoon")
+_CACHE = None
+
+
+def pytest_configure(config):
+    # Tests never read or write the user's verification cache, and never depend on where the user
+    # keeps data sets or which pixel limit they set (subprocesses inherit these too).
+    global _CACHE
+    _CACHE = tempfile.mkdtemp(prefix="detkit-test-cache-")
+    os.environ["DETKIT_CACHE_DIR"] = _CACHE
+    os.environ.pop("DETKIT_DATA", None)
+    os.environ.pop("DETKIT_MAX_IMAGE_PIXELS", None)
+
+
+def pytest_unconfigure(config):
+    if _CACHE:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -98,11 +98,10 @@ def test_counts_on_a_tree_with_planted_problems(tmp_path):
     cfg = {"data": {"classes": ["cat", "dog"], "train": {"type": "voc", "root": str(root), "split": "train"}}}
     report = check_split(cfg, "train", workers=2, progress=False)
     assert report.images == 12
-    assert report.images_read == 9  # all but noimage, truncated, notimage
+    assert report.images_read == 10  # all but noimage and notimage: the truncated JPEG is restored
     assert len(report.missing_images) == 1 and "noimage" in report.missing_images[0]
-    assert len(report.corrupt_images) == 2
-    assert any("truncated.jpg" in m and "truncated" in m for m in report.corrupt_images)
-    assert any("notimage.jpg" in m for m in report.corrupt_images)
+    assert len(report.corrupt_images) == 1 and "notimage.jpg" in report.corrupt_images[0]
+    assert len(report.restored) == 1 and "truncated.jpg" in report.restored[0] and "truncated" in report.restored[0]
     assert len(report.annotation_errors) == 3
     assert {name for name in ("malformed.xml", "bomb.xml", "noxml.xml")
             if any(name in m for m in report.annotation_errors)} == {"malformed.xml", "bomb.xml", "noxml.xml"}

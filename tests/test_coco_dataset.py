@@ -208,3 +208,31 @@ def test_raccoon_converted_to_coco_matches_voc(raccoon_root, tmp_path):
         assert c.labels.tolist() == v.labels.tolist()
         total += len(v.boxes)
     assert total == 44
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_polygons_are_skipped_without_changing_anything_else(coco_files, indent):
+    """The reader cuts polygon segmentations out before parsing (memory, speed): boxes, ids, crowd
+    RLEs and odd segmentation values come through exactly as a plain json.load reads them."""
+    from detkit.data.coco import _drop_polygons
+
+    data = base_json()
+    data["annotations"][0]["segmentation"] = [[5.5, 6, 15, 6, 15, 26.25, 5, 26], [1, 1, 2, 2, 3, 1]]
+    data["annotations"][1]["segmentation"] = [[0.5, 1.5, 30.75, 1.5, 30.75, 11.5]]
+    data["annotations"][2]["segmentation"] = {"counts": [3, 4, 5, 2], "size": [48, 64]}  # crowd RLE
+    data["annotations"][3]["segmentation"] = {"counts": "a]b[c", "size": [48, 64]}  # compressed RLE
+    data["annotations"][4]["segmentation"] = []
+    ann_file, img_dir = coco_files(data)
+    ann_file.write_text(json.dumps(data, indent=indent))
+    raw = ann_file.read_bytes()
+    reduced = json.loads(_drop_polygons(raw))
+    assert len(_drop_polygons(raw)) < len(raw)  # the polygons are gone, however the file is laid out
+    assert [a["segmentation"] for a in reduced["annotations"][:2]] == [[], []]
+    for got, want in zip(reduced["annotations"], data["annotations"]):
+        assert {k: v for k, v in got.items() if k != "segmentation"} == \
+               {k: v for k, v in want.items() if k != "segmentation"}
+        if not (isinstance(want.get("segmentation"), list) and want["segmentation"]):
+            assert got.get("segmentation") == want.get("segmentation")  # RLE and others untouched
+    ds = COCODataset(ann_file, img_dir)
+    assert ds.load_annotation(0).boxes.tolist() == [[5, 6, 15, 26], [0.5, 1.5, 30.75, 11.5], [40, 20, 60, 40]]
+    assert ds.load_annotation(0).iscrowd.tolist() == [False, False, True]

@@ -11,11 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import RACCOON_ROOT as RACCOON
 
 from detkit.data.convert import voc_to_coco
 from detkit.errors import DataError
-
-RACCOON = Path(__file__).resolve().parent / ".." / ".." / "shared" / "datasets" / "raccoon"
 
 
 def quiet_coco(path):
@@ -169,4 +168,4 @@ def test_tools_voc2coco_wrapper(tmp_path, capsys):
     assert tool.main([str(tmp_path / "voc"), str(tmp_path / "o.json"), "--classes", "cat"]) == 0
     assert json.loads((tmp_path / "o.json").read_text())["annotations"][0]["bbox"] == [0, 0, 10, 20]
     assert tool.main([str(tmp_path / "missing"), str(tmp_path / "p.json")]) == 1
-    assert "not a Pascal VOC folder" in capsys.readouterr().err
+    assert "missing does not exist" in capsys.readouterr().err

@@ -8,7 +8,15 @@ import pytest
 from PIL import Image, ImageOps
 
 from detkit.data import io as dio
-from detkit.data.io import decode_image, image_size, jpeg_structure_problem, read_image
+from detkit.data.io import (
+    check_image_file,
+    decode_image,
+    header_size,
+    image_size,
+    jpeg_structure_problem,
+    max_image_pixels,
+    read_image,
+)
 from detkit.errors import DataError
 
 
@@ -50,6 +58,11 @@ def test_exif_orientation_applied_like_pil(tmp_path, orientation):
     assert image.dtype == np.uint8 and image.shape == reference.shape
     assert np.abs(image.astype(int) - reference.astype(int)).mean() < 3
     assert tuple(image_size(path)) == image.shape[:2]
+    # The verification pass decodes JPEGs at 1/8 scale and must still report the displayed size,
+    # also when both orientations give the same 1/8 shape (62x57 -> 8x8: decided by the EXIF tag).
+    assert tuple(check_image_file(path))[:2] == image.shape[:2]
+    odd = write_jpeg(tmp_path / f"odd{orientation}.jpg", quadrants(57, 62), exif=exif.tobytes())
+    assert tuple(check_image_file(odd))[:2] == read_image(odd).shape[:2]
 
 
 def test_exif_orientation_6_is_a_clockwise_quarter_turn(tmp_path):
@@ -157,34 +170,46 @@ def test_missing_empty_folder_and_non_image_files(tmp_path):
 
 @pytest.mark.parametrize("progressive", [False, True])
 @pytest.mark.parametrize("keep", ["quarter", "half", "all_but_100", "all_but_eoi", "all_but_1"])
-def test_truncated_jpeg_raises(tmp_path, progressive, keep):
+def test_truncated_jpeg_is_restored_like_pillows_truncated_mode(tmp_path, progressive, keep, caplog):
+    """A JPEG cut short decodes as far as it goes (Pillow's LOAD_TRUNCATED_IMAGES result), with a warning."""
+    from PIL import ImageFile
+
     full = write_jpeg(tmp_path / "full.jpg", smooth_image(), progressive=progressive).read_bytes()
     cut = {"quarter": len(full) // 4, "half": len(full) // 2, "all_but_100": len(full) - 100,
            "all_but_eoi": len(full) - 2, "all_but_1": len(full) - 1}[keep]
     path = tmp_path / "cut.jpg"
     path.write_bytes(full[:cut])
-    with pytest.raises(DataError, match=r"cut\.jpg.*truncated"):
+    with caplog.at_level("WARNING", logger="detkit.data.io"):
+        restored = read_image(path)
         read_image(path)
-    assert read_image(tmp_path / "full.jpg").shape == (120, 160, 3)
+    assert restored.shape == (120, 160, 3)
+    # Exactly what Pillow's truncated mode decodes (the reference ultralytics relies on).
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        reference = np.asarray(Image.open(path).convert("RGB"))
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    np.testing.assert_array_equal(restored, reference)
+    whole = read_image(tmp_path / "full.jpg")
+    if keep in ("all_but_eoi", "all_but_1"):  # only the marker is missing: every pixel is there
+        np.testing.assert_array_equal(restored, whole)
+    elif not progressive:  # the top rows (decoded before the cut) match the whole file
+        np.testing.assert_array_equal(restored[:8], whole[:8])
+    warnings = [r.getMessage() for r in caplog.records if "restored" in r.getMessage()]
+    assert len(warnings) == 1 and "cut.jpg" in warnings[0] and "truncated" in warnings[0]  # once per file
+    check = check_image_file(path)
+    assert (check.height, check.width) == (120, 160) and "truncated" in check.restored
+    assert check_image_file(tmp_path / "full.jpg") == (120, 160, None)
 
 
-def test_truncated_jpeg_caught_even_when_opencv_decodes_partially(tmp_path, monkeypatch):
-    """cv2.imread (and older imdecode builds) fill a cut-off JPEG with grey instead of failing."""
+def test_jpeg_cut_before_any_image_data_is_undecodable(tmp_path):
     full = write_jpeg(tmp_path / "full.jpg", smooth_image()).read_bytes()
-    real_imread = cv2.imread
-
-    def imdecode_like_imread(buf, flags):
-        scratch = tmp_path / "scratch.jpg"
-        scratch.write_bytes(buf.tobytes())
-        return real_imread(str(scratch), flags)
-
-    monkeypatch.setattr(cv2, "imdecode", imdecode_like_imread)
-    (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])
-    partial = imdecode_like_imread(np.frombuffer(full[: len(full) // 2], np.uint8), cv2.IMREAD_COLOR)
-    assert partial is not None and partial.shape == (120, 160, 3)  # the premise: a silent partial decode
-    with pytest.raises(DataError, match=r"cut\.jpg.*truncated"):
-        read_image(tmp_path / "cut.jpg")
-    assert read_image(tmp_path / "full.jpg").shape == (120, 160, 3)  # no false alarm on whole files
+    sos = full.index(b"\xff\xda")
+    (tmp_path / "head.jpg").write_bytes(full[:sos])
+    with pytest.raises(DataError, match=r"head\.jpg.*truncated.*nothing before the cut"):
+        read_image(tmp_path / "head.jpg")
+    with pytest.raises(DataError, match=r"head\.jpg"):
+        check_image_file(tmp_path / "head.jpg")
 
 
 def _with_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
@@ -208,8 +233,7 @@ def test_jpeg_structure_walk(tmp_path):
     assert b"\xff\xd9" in cut
     assert "truncated" in jpeg_structure_problem(cut)
     (tmp_path / "cut.jpg").write_bytes(cut)
-    with pytest.raises(DataError, match="truncated"):
-        read_image(tmp_path / "cut.jpg")
+    assert "truncated" in check_image_file(tmp_path / "cut.jpg").restored
     # Restart markers and fill bytes inside the scan do not end it.
     assert jpeg_structure_problem(b"\xff\xd8\xff\xda\x00\x02ab\xff\x00c\xff\xd3d\xff\xff\xd9") is None
     assert jpeg_structure_problem(b"\xff\xd8\xff\xda\x00\x02ab\xff\x00c\xff\xd3d") is not None
@@ -232,3 +256,64 @@ def test_opencv_errors_become_data_errors(tmp_path, monkeypatch):
     Image.fromarray(quadrants()).save(tmp_path / "big.png")
     with pytest.raises(DataError, match=r"big\.png.*too big"):
         read_image(tmp_path / "big.png")
+
+
+# ----------------------------------------------------------------------------------------------
+# Header sizes and the pixel limit (decompression bombs)
+# ----------------------------------------------------------------------------------------------
+def write_png_bomb(path, width: int, height: int):
+    """A valid grey PNG of ``width x height`` zeros, compressed row by row (kilobytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + one byte per pixel
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("fmt, options", [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}),
+                                          ("GIF", {}), ("BMP", {}), ("WEBP", {}), ("WEBP", {"lossless": True}),
+                                          ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"})])
+def test_header_size_matches_pillow(tmp_path, fmt, options):
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.fromarray(smooth_image(37, 91)).save(path, fmt, **options)
+    with Image.open(path) as im:
+        assert header_size(path.read_bytes()) == im.size == (91, 37)
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A 12000x12000 PNG of a few hundred KB (432 MB decoded) is refused before any decoding."""
+    import resource
+    import time
+
+    bomb = write_png_bomb(tmp_path / "bomb.png", 12000, 12000)
+    assert bomb.stat().st_size < 1_000_000 and header_size(bomb.read_bytes()) == (12000, 12000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    for reader in (read_image, check_image_file):
+        with pytest.raises(dio.ImageTooLargeError, match=r"bomb\.png.*12000x12000 = 144,000,000 pixels, "
+                                                          r"over the limit of 89,478,485.*max_image_pixels") as info:
+            reader(bomb)
+        assert (info.value.width, info.value.height) == (12000, 12000)
+    assert time.perf_counter() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB: nothing decoded
+
+    small = tmp_path / "small.png"
+    Image.fromarray(smooth_image(20, 30)).save(small)
+    with pytest.raises(DataError, match=r"small\.png.*30x20"):
+        read_image(small, max_pixels=599)
+    assert read_image(small, max_pixels=600).shape == (20, 30, 3)
+    assert read_image(small, max_pixels=0).shape == (20, 30, 3)  # 0: no limit
+    monkeypatch.setenv("DETKIT_MAX_IMAGE_PIXELS", "100")
+    assert max_image_pixels() == 100
+    with pytest.raises(DataError, match=r"over the limit of 100 "):
+        read_image(small)
+    monkeypatch.setenv("DETKIT_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(DataError, match="DETKIT_MAX_IMAGE_PIXELS='lots'"):
+        read_image(small)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pickle
 
 import numpy as np
@@ -379,7 +381,30 @@ def test_reset():
     ev.update(*as_inputs(images))
     ev.reset()
     assert ev.num_images == 0
-    assert ev.compute()["voc07_ap50"] == 0.0
+    assert math.isnan(ev.compute()["voc07_ap50"])  # nothing evaluated: undefined, not 0
+
+
+@pytest.mark.parametrize("num_images", [0, 3])
+def test_a_set_without_ground_truth_has_nan_ap_in_voc_and_coco_alike(num_images, caplog):
+    """One defined behaviour for an empty validation set (no images, or only negatives): every AP is NaN."""
+    import torch
+
+    from detkit.evaluation import build_evaluators
+
+    group = build_evaluators("all", ["a", "b"])
+    detections = [{"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "scores": torch.tensor([0.9]),
+                   "labels": torch.tensor([1])} for _ in range(num_images)]
+    targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "image_id": i}
+               for i in range(num_images)]
+    if num_images:
+        group.update(detections, targets)
+    with caplog.at_level("WARNING"):
+        metrics = group.compute()
+    for key in ("voc07_ap50", "voc_ap50", "coco_ap", "coco_ap50", "coco_ap75"):
+        assert math.isnan(metrics[key]), key
+    assert all(math.isnan(v) for v in metrics["per_class_voc07"].values())
+    warned = [r.getMessage() for r in caplog.records if "undefined and reported as NaN" in r.getMessage()]
+    assert len(warned) == 2  # VOC and COCO each say why
 
 
 # ---------------------------------------------------------------------------------------------

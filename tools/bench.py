@@ -4,6 +4,7 @@
     python tools/bench.py nms        # batched NMS vs torchvision
     python tools/bench.py backbones  # params, GFLOPs at 448, images/s
     python tools/bench.py data       # training pipeline images/s per worker (raccoon)
+    python tools/bench.py data-scale # COCO-sized annotation file + 20k VOC XML: build time, peak RSS
     python tools/bench.py train      # detkit train vs a hand-written loop
     python tools/bench.py eval       # VOC evaluator vs slow reference; COCO with/without faster-coco-eval
     python tools/bench.py infer      # end-to-end infer vs model forward alone
@@ -32,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_sections import REPO, load_records, update_section, write_record  # noqa: E402
 
-SUITES = ("nms", "backbones", "data", "train", "eval", "infer", "rcnn", "export")
+SUITES = ("nms", "backbones", "data", "data-scale", "train", "eval", "infer", "rcnn", "export")
 RECORDS = REPO / "docs" / "benchmarks"
 
 
@@ -113,9 +114,9 @@ def main(argv: list[str]) -> int:
             print(f"unknown suite '{name}'; choose from: {', '.join(SUITES)}, all, readme", file=sys.stderr)
             return 2
         try:
-            module = importlib.import_module(f"benchmarks.{name}")
+            module = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"benchmarks.{name}":
+            if exc.name == f"benchmarks.{name.replace('-', '_')}":
                 print(f"[{name}] no benchmark yet")
                 continue
             raise

@@ -19,6 +19,11 @@ _EXPORTS = {
     "VOC_CLASSES": "detkit.data.voc",
     "parse_voc_xml": "detkit.data.voc",
     "COCODataset": "detkit.data.coco",
+    "YOLODataset": "detkit.data.yolo",
+    "convert": "detkit.data.convert",
+    "fetch": "detkit.data.fetch",
+    "verify_dataset": "detkit.data.verify",
+    "data_home": "detkit.data.paths",
     "check_data": "detkit.data.check",
     "browse": "detkit.data.browse",
 }

@@ -6,6 +6,9 @@ A subclass implements three things:
 * ``load_annotation(index) -> Annotation``: boxes / labels / flags of one image, read from the
   annotation source only (cheap; used by ``check-data`` and the evaluators without decoding images)
 * ``image_path(index) -> Path``
+* ``_select(keep)``: keep only the samples ``keep`` (indices, in order), so the verification pass can
+  exclude unusable ones (:meth:`DetectionDataset.exclude`); optional, a data set without it keeps
+  them and ``train.bad_sample`` decides
 
 ``__getitem__`` then reads the image with :func:`detkit.data.io.read_image`, applies the transforms
 and returns ``(image, target)``:
@@ -22,6 +25,7 @@ iscrowd=bool [K], meta=dict)``; a resize step updates ``meta`` (see detkit.struc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +35,32 @@ import torch
 
 from detkit.structures import identity_meta
 
-__all__ = ["Annotation", "ImageDataset", "DetectionDataset"]
+__all__ = ["Annotation", "ImageDataset", "DetectionDataset", "ANNOTATION_STATS", "summarize_stats"]
+
+logger = logging.getLogger(__name__)
+
+# Annotation.stats counters that mean the loader changed or left out something, in report order,
+# with what they count. One table for the load-time log of every data set type, check-data and the
+# converters.
+ANNOTATION_STATS = (
+    ("unknown_class", "boxes of unknown classes skipped"),
+    ("clipped", "boxes partly outside the image (clipped)"),
+    ("outside", "boxes entirely outside the image (dropped)"),
+    ("dropped", "zero-area / inverted boxes (dropped)"),
+    ("duplicate", "duplicate boxes (dropped)"),
+    ("size_missing", "annotations without a usable image size"),
+    ("missing_label", "images without a label file (negatives)"),
+)
+# Counters that follow from the user's own choices, shown for information.
+CHOICE_STATS = (
+    ("skipped_difficult", "difficult boxes left out (skip_difficult)"),
+    ("excluded_class", "boxes of classes not selected (classes=)"),
+)
+
+
+def summarize_stats(stats) -> list[str]:
+    """``["3 boxes partly outside the image (clipped)", ...]`` for the non-zero problem counters."""
+    return [f"{stats[key]} {text}" for key, text in ANNOTATION_STATS if stats.get(key)]
 
 
 @dataclass
@@ -60,7 +89,13 @@ class Annotation:
 
 class ImageDataset(torch.utils.data.Dataset):
     """What detection and classification data sets share: the class list and the sample transforms
-    (a dict is built with :func:`detkit.data.transforms.build_transforms`)."""
+    (a dict is built with :func:`detkit.data.transforms.build_transforms`).
+
+    ``max_image_pixels``: images with more pixels are refused (None: the default of
+    :func:`detkit.data.io.max_image_pixels`; ``build_dataset`` sets it from ``data.max_image_pixels``).
+    """
+
+    max_image_pixels: int | None = None
 
     def __init__(self, classes: Sequence[str], transforms: Callable | dict | None = None):
         if not classes:
@@ -90,16 +125,43 @@ class DetectionDataset(ImageDataset):
     def image_path(self, index: int) -> Path:
         raise NotImplementedError
 
+    def _select(self, keep: list[int]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot exclude samples (it has no _select)")
+
     # -- shared --------------------------------------------------------------------------------
+    def exclude(self, indices) -> None:
+        """Drop the samples ``indices`` (e.g. the ones the verification pass found unusable).
+
+        The remaining samples keep their order and are renumbered ``0..len-1``.
+        """
+        drop = set(int(i) for i in indices)
+        if drop:
+            self._select([i for i in range(len(self)) if i not in drop])
+
     def load_image(self, index: int) -> np.ndarray:
         from detkit.data.io import read_image
 
-        return read_image(self.image_path(index))
+        return read_image(self.image_path(index), self.max_image_pixels)
+
+    def log_stats(self, kind: str, where: str, stats) -> None:
+        """Log what the loader changed or left out while reading the annotations, in one line."""
+        problems = summarize_stats(stats)
+        if problems:
+            names = sorted(k.split(":", 1)[1] for k in stats if k.startswith("unknown_class:"))
+            extra = f" (unknown: {', '.join(names[:10])})" if names else ""
+            logger.warning("%s %s: %s%s", kind, where, "; ".join(problems), extra)
+
+    def note_image_size(self, index: int, size: tuple[int, int]) -> None:
+        """The verification pass measured sample ``index``'s image (``(height, width)``); a data set
+        whose annotations need the size (YOLO's normalised boxes) keeps it, the others ignore it."""
 
     def raw_sample(self, index: int) -> dict:
         """Image and annotation before transforms; boxes are checked against the decoded image."""
         ann = self.load_annotation(index)
-        image = self.load_image(index)
+        return self.make_sample(index, ann, self.load_image(index))
+
+    def make_sample(self, index: int, ann: Annotation, image: np.ndarray) -> dict:
+        """The sample dict of ``ann`` and its decoded ``image`` (boxes clipped to the decoded size)."""
         h, w = image.shape[:2]
         boxes = ann.boxes.copy()
         if len(boxes):

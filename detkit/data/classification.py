@@ -171,4 +171,4 @@ class ImageFolderDataset(ClassificationDataset):
     def load_image(self, index: int) -> np.ndarray:
         from detkit.data.io import read_image
 
-        return read_image(self.paths[index])
+        return read_image(self.paths[index], self.max_image_pixels)

@@ -20,7 +20,9 @@ reseeds the generator from ``(seed, epoch, rank)``, so a resumed run replays the
 ``persistent_workers`` the workers are seeded once, at the first epoch, and their augmentation
 streams then simply continue (the shuffle order still follows ``set_epoch``).
 
-**Bad samples.** Every ``dataset[i]`` runs under a guard: an exception inside a worker does not
+**Bad samples.** Files that are unusable from the start never get here: ``build_dataset`` verifies
+every sample once and excludes them (:mod:`detkit.data.verify`). What is left are files that change
+while training runs. Every ``dataset[i]`` runs under a guard: an exception inside a worker does not
 surface as a worker traceback but travels to the main process as a :class:`BadSample` record (index,
 image path, message). There, per ``bad_sample``:
 

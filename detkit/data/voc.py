@@ -24,8 +24,8 @@ Messy files are cleaned, and every change is counted in ``Annotation.stats`` (su
 
 XML is parsed with defusedxml: a file declaring entities (the "billion laughs" bomb) is rejected
 before anything is expanded. An annotation that cannot be parsed, or an image that cannot be found,
-does not stop the dataset from being built (so ``check-data`` can list every problem); loading that
-sample raises a DataError naming the file.
+does not stop the dataset from being built; loading that sample raises a DataError naming the file,
+and the verification pass of ``build_dataset`` excludes it (``check-data`` lists them all).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import numpy as np
 
 from detkit.data.base import Annotation, DetectionDataset
 from detkit.data.io import IMAGE_EXTENSIONS, image_size
+from detkit.data.paths import not_a, require_folder
 from detkit.errors import ConfigError, DataError
 
 __all__ = ["VOC_CLASSES", "VOCDataset", "parse_voc_xml", "ImageFolder"]
@@ -397,9 +398,10 @@ class VOCDataset(DetectionDataset):
 
         label_of = {name: i for i, name in enumerate(self.classes)}
         for root, split in _pair_roots_and_splits(root, split):
+            require_folder(root, "VOC root")
             for sub in (annotation_folder, image_folder):
                 if not (root / sub).is_dir():
-                    raise DataError(f"{root}: not a Pascal VOC folder, it has no {sub}/ folder")
+                    raise not_a(root, "Pascal VOC", f"{sub}/ folder")
             images = ImageFolder(root / image_folder)
             annotation_dir = root / annotation_folder
             xml_files = _annotation_files(annotation_dir)
@@ -472,20 +474,21 @@ class VOCDataset(DetectionDataset):
         logger.warning("%s: <size> says %dx%d (WxH) but the image is %dx%d; boxes are clipped to the "
                        "image%s", self.xml_paths[index], ann.width, ann.height, width, height, hint)
 
+    def _select(self, keep: list[int]) -> None:
+        def pick(items):
+            return [items[i] for i in keep]
+
+        self.ids, self.roots, self.xml_paths = pick(self.ids), pick(self.roots), pick(self.xml_paths)
+        self._annotations, self._image_paths = pick(self._annotations), pick(self._image_paths)
+        new_index = {old: new for new, old in enumerate(keep)}
+        self._errors = {new_index[i]: m for i, m in self._errors.items() if i in new_index}
+        self._size_warned = {new_index[i] for i in self._size_warned if i in new_index}
+
     def _log_summary(self) -> None:
-        s = self.stats
-        problems = [f"{s[key]} {text}" for key, text in (
-            ("unknown_class", "boxes of unknown classes skipped"), ("clipped", "boxes clipped to the image"),
-            ("outside", "boxes outside the image dropped"), ("dropped", "zero-area/inverted boxes dropped"),
-            ("size_missing", "files without a usable <size>")) if s[key]]
-        if problems:
-            names = sorted((k.split(":", 1)[1] for k in s if k.startswith("unknown_class:")))
-            extra = f" (unknown: {', '.join(names[:10])})" if names else ""
-            roots = ", ".join(dict.fromkeys(map(str, self.roots)))
-            logger.warning("VOC %s: %s%s", roots, "; ".join(problems), extra)
+        self.log_stats("VOC", ", ".join(dict.fromkeys(map(str, self.roots))), self.stats)
         missing = sum(p is None for p in self._image_paths)
         if self._errors or missing:
             first = next(iter(self._errors.values()), None)
-            logger.error("VOC data: %d annotation file(s) unusable%s, %d image file(s) not found; those "
-                         "samples raise DataError when loaded (run `detkit check-data` for the full list)",
-                         len(self._errors), f" (first: {first})" if first else "", missing)
+            logger.warning("VOC data: %d annotation file(s) unusable%s, %d image file(s) not found "
+                           "(the verification pass excludes those samples; `detkit check-data` lists them)",
+                           len(self._errors), f" (first: {first})" if first else "", missing)

@@ -49,6 +49,7 @@ from detkit.engine.dist import get_world_size
 from detkit.engine.run_logging import stderr_is_terminal
 from detkit.errors import ConfigError
 from detkit.evaluation.names import EPOCH_KEYS
+from detkit.fileio import output_error, temp_path
 from detkit.jsonio import to_jsonable
 
 __all__ = [
@@ -370,14 +371,20 @@ class LoggerHook(Hook):
             self._bar = None
         for handle in (self._jsonl, self._tb):
             if handle is not None:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:  # a full disk: already reported by the write that failed
+                    pass
         self._jsonl = self._tb = None
 
     # -- formatting ------------------------------------------------------------------------------
     def _write(self, record: dict) -> None:
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps(to_jsonable(record)) + "\n")
-            self._jsonl.flush()
+            try:
+                self._jsonl.write(json.dumps(to_jsonable(record)) + "\n")
+                self._jsonl.flush()
+            except OSError as exc:  # a full disk: one line naming the file, not a traceback
+                raise output_error(self.metrics_file, exc) from exc
 
     @staticmethod
     def _bar_text(trainer) -> str:
@@ -429,7 +436,7 @@ def _open_metrics(path: Path, keep_until_iter: int):
             continue  # a line cut by a crash
         if isinstance(record, dict) and int(record.get("iter", 0)) <= keep_until_iter:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_path(path)
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
     return open(path, "a", encoding="utf-8")

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from detkit.evaluation.names import CLASSIFICATION_HEADLINE_KEYS, HEADLINE_KEYS
+from detkit.fileio import temp_path
 
 __all__ = ["read_metrics", "plot_metrics", "plot_confusion_matrix"]
 
@@ -63,7 +64,7 @@ def _save_figure(fig, path: Path) -> Path:
 
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = temp_path(path, extension=".png")
     fig.savefig(tmp, dpi=90)
     os.replace(tmp, path)
     return path

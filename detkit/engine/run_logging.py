@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["run_logging", "stderr_is_terminal"]
+__all__ = ["run_logging", "stderr_is_terminal", "escape_undecodable"]
 
 
 def stderr_is_terminal() -> bool:
@@ -41,7 +41,36 @@ class _Formatter(logging.Formatter):
         text = f"{self.formatTime(record, '%m/%d %H:%M:%S')} {prefix}{record.message}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
+        return escape_undecodable(text)
+
+
+def escape_undecodable(text: str) -> str:
+    """File names that are not valid UTF-8 reach Python as lone surrogates, which no UTF-8 stream
+    can write ("--- Logging error ---"); they are shown as ``\\xNN`` escapes of the original bytes."""
+    try:
+        text.encode("utf-8")
         return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no file name produced
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _FileHandler(logging.FileHandler):
+    """train.log. A write that fails (disk full, file system gone read-only) is reported once, in one
+    line naming the file, and the log continues on the console only, instead of logging's
+    "--- Logging error ---" stack dump for every later line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        reason = getattr(exc, "strerror", None) or exc
+        try:
+            sys.stderr.write(f"WARNING: cannot write {self.baseFilename}: {reason}; log lines go to "
+                             "the console only from here\n")
+        except Exception:  # noqa: BLE001 - logging must never raise
+            pass
+        self.setLevel(logging.CRITICAL + 1)
 
 
 @contextlib.contextmanager
@@ -57,7 +86,7 @@ def run_logging(work_dir: Path | None, rank: int = 0, log_name: str = "train.log
     handlers.append(console)
     if work_dir is not None and rank == 0:
         work_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(work_dir / log_name, mode="a", encoding="utf-8")
+        file_handler = _FileHandler(work_dir / log_name, mode="a", encoding="utf-8")
         file_handler.setLevel(logging.INFO)
         file_handler.setFormatter(_Formatter())
         handlers.append(file_handler)

@@ -10,8 +10,10 @@ default ``work_dirs/<config name>/``) receives::
     train.log            the log (also printed to the console)
     metrics.jsonl        one record per logged window and per epoch (see hooks.LoggerHook)
     last.pth             the latest checkpoint; resume with --resume
-    stages.json          detectors trained in stages after the loop (rcnn_classic): what has finished
-    previous/<time>/     an earlier run in the same work dir, moved aside (a new run never overwrites it)
+    stages.json          detectors trained in stages after the loop (rcnn_classic): what has finished,
+                         with finetune_epochs.json (each epoch's wall and CPU seconds) and features/
+    previous/<time>/     an earlier run in the same work dir (any of its files), moved aside: a new
+                         run never overwrites, truncates or appends to it (see engine/workdir.py)
     epoch_N.pth          the last ``keep_last`` epoch checkpoints
     best_<metric>.pth    the best checkpoint by ``eval.save_best``
     plots/               loss.png, map.png (accuracy.png and confusion.png for a classifier), lr.png,
@@ -22,9 +24,10 @@ The ``train`` / ``eval`` config sections (keys, defaults, checks) are defined in
 :mod:`detkit.schema` and documented in docs/training.md; :func:`train` resolves them once, before
 anything is created.
 
-Resuming: ``resume="auto"`` continues from ``last.pth`` of the work dir (or the newest
-``epoch_N.pth``); when there is none it starts from scratch with a warning, like mmengine. A path
-resumes from that file. Resuming continues exactly: with the same seed, training 2 epochs straight
+Resuming: ``resume="auto"`` continues from ``last.pth`` of the work dir, or, when it is missing or
+damaged, from the newest readable ``epoch_N.pth`` / ``best_*.pth`` (with a warning naming the damaged
+files); when there is none it starts from scratch with a warning, like mmengine. A path resumes from
+that file. Temporary files a killed save left are removed first. Resuming continues exactly: with the same seed, training 2 epochs straight
 and 1 epoch + resume + 1 epoch give the same weights (every epoch's shuffling and augmentation are
 seeded from (seed, epoch, rank), see :mod:`detkit.seeding`; the optimiser, schedule, scaler and RNG
 states are restored). Loader workers are not persistent across epochs for the same reason (a
@@ -62,7 +65,7 @@ from detkit.engine.hooks import (
 from detkit.engine.optim import build_optimizer, build_scheduler
 from detkit.engine.run_logging import run_logging
 from detkit.engine.trainer import Trainer
-from detkit.engine.workdir import archive_previous_run, find_resume
+from detkit.engine.workdir import PreparedWorkDir, load_resume, prepare_work_dir
 from detkit.errors import CheckpointError
 from detkit.schema import resolve_config
 from detkit.seeding import deterministic_mode, seed_everything
@@ -90,21 +93,19 @@ def train(cfg: Mapping, *, config_path=None, work_dir=None, resume=None, seed: i
         work_dir = Path("work_dirs") / name
     work_dir = Path(work_dir)
     info = dist_utils.init_distributed(launcher, device)
-    archived = None
-    if info.is_main and resume is None and (work_dir / "last.pth").exists():
-        # A new run never overwrites an earlier run's checkpoints and log: they move aside first
-        # (before the log file is opened, so the new log starts fresh).
-        archived = archive_previous_run(work_dir)
     try:
+        # Before the log file is opened: a new run never appends to or overwrites an earlier run's
+        # files (they move aside), and a read-only work dir fails here, in one line.
+        prepared = prepare_work_dir(work_dir, resume) if info.is_main else None
         with run_logging(work_dir, info.rank), deterministic_mode(deterministic):
             return _train(cfg, info, work_dir, resume=resume, unsafe_load=unsafe_load,
-                          deterministic=deterministic, extra_hooks=extra_hooks, archived=archived, task=task)
+                          deterministic=deterministic, extra_hooks=extra_hooks, prepared=prepared, task=task)
     finally:
         dist_utils.destroy_distributed(info)
 
 
 def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsafe_load: bool,
-           deterministic: bool, extra_hooks: Sequence, archived: Path | None = None,
+           deterministic: bool, extra_hooks: Sequence, prepared: PreparedWorkDir | None = None,
            task: Task = DETECTION) -> dict:
     from detkit import __version__
     from detkit.data.builder import build_dataset, check_same_classes
@@ -112,8 +113,9 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
 
     tcfg, ecfg = cfg["train"], cfg["eval"]
     device = info.device
-    resume_path = find_resume(resume, work_dir)
-    ckpt = load_checkpoint(resume_path, unsafe=unsafe_load) if resume_path else None
+    if prepared is not None:
+        prepared.log(work_dir)
+    resume_path, ckpt = load_resume(resume, work_dir, unsafe=unsafe_load)
     if ckpt is not None and not is_full_checkpoint(ckpt):
         raise CheckpointError(
             f"--resume {resume_path}: holds model weights only, so training cannot resume from it; "
@@ -123,9 +125,6 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
         saved = ((ckpt or {}).get("config") or {}).get("train", {}).get("seed")
         tcfg["seed"] = int(saved) if saved is not None else random.SystemRandom().randrange(2**31)
     seed = tcfg["seed"]
-    if archived is not None:
-        logger.warning("%s already held a run; moved it to %s (pass --resume to continue a run instead)",
-                       work_dir, archived)
     logger.info("detkit %s, torch %s, device %s%s, seed %d%s", __version__, torch.__version__, device,
                 f", {info.world_size} processes ({info.backend})" if info.distributed else "", seed,
                 ", deterministic" if deterministic else "")
@@ -149,6 +148,11 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     model = task.build_model(cfg["model"], class_names)
     if tcfg["load_from"] and ckpt is None:
         init = load_checkpoint(tcfg["load_from"], unsafe=unsafe_load)
+        if init.get("class_names"):
+            check_same_classes(init["class_names"], class_names, f"train.load_from {tcfg['load_from']}",
+                               "the training data", hint="list data.classes in the checkpoint's order; "
+                               "for other classes start from its backbone only: "
+                               "model.backbone.pretrained=PATH")
         load_model_weights(model, init, source=str(tcfg["load_from"]))
         logger.info("initial weights from %s", tcfg["load_from"])
     model.to(device)
@@ -226,6 +230,7 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
     )
     if ckpt is not None:
         trainer.load_state_dict(ckpt, source=str(resume_path))
+        trainer.last_checkpoint = resume_path
         logger.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", resume_path,
                     trainer.start_epoch, trainer.start_epoch + 1)
     trainer.train()

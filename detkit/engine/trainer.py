@@ -26,13 +26,18 @@ One step:
 
 * the detector returns a dict; keys starting with ``loss_`` are summed into the loss, every term is
   logged, other keys are logged as statistics;
-* the NaN guard checks the summed loss every iteration *before* backward (it lives in the step
-  rather than in a hook because skipping a batch means not running backward at all): with
-  ``nan_policy="raise"`` a :class:`NonFiniteLossError` names the iteration, the loss terms and the
-  image ids of the batch; with ``"skip"`` the batch is dropped (with ``accumulate > 1`` together
-  with the gradients its window gathered so far), counted and logged. Under DDP all
-  ranks agree on the decision, so none waits for a gradient the others never send. A non-finite
-  gradient norm (with ``grad_clip`` set, fp32/bf16) is handled by the same policy;
+* the NaN guard checks the summed loss and the model's floating-point buffers (batch-norm running
+  statistics, which a diverging run can turn inf while the loss is still finite) every iteration
+  *before* backward (it lives in the step rather than in a hook because skipping a batch means not
+  running backward at all): with ``nan_policy="raise"`` a :class:`NonFiniteLossError` names the
+  iteration, the loss terms (or the buffer) and the image ids of the batch; with ``"skip"`` the
+  batch is dropped (its buffer updates reverted; with ``accumulate > 1`` together with the
+  gradients its window gathered so far), counted and logged. Under DDP all ranks agree on the
+  decision, so none waits for a gradient the others never send. A non-finite gradient norm (with
+  ``grad_clip`` set, fp32/bf16) is handled by the same policy;
+* after each epoch, before its evaluation and checkpoint, every parameter and buffer is checked:
+  a model that is no longer finite stops the run under either policy (a batch can be skipped, a
+  diverged model cannot), so a non-finite model is never saved and the last good checkpoint stays;
 * gradient accumulation (``accumulate=N``) scales each loss by 1/N and steps the optimiser every N
   iterations (the last window of an epoch is flushed and scaled by its real length); under DDP the
   gradient all-reduce is skipped on the non-stepping iterations (``no_sync``);
@@ -67,7 +72,8 @@ HOOK_EVENTS = ("before_train", "before_epoch", "before_iter", "after_backward", 
 
 
 class NonFiniteLossError(DetkitError, FloatingPointError):
-    """The loss (or gradient norm) became NaN or infinite and ``nan_policy="raise"``."""
+    """The loss, gradient norm or batch-norm statistics became NaN or infinite (``nan_policy="raise"``),
+    or the weights themselves did (either policy)."""
 
 
 class ScalarBuffer:
@@ -239,6 +245,7 @@ class Trainer:
                 f"epoch {self.epoch + 1}: every batch had a non-finite loss and was skipped; "
                 "training has diverged (lower the learning rate, check the data)"
             )
+        self._check_weights_finite()
         self.epochs_done = self.epoch + 1
         self.call_hooks("after_epoch")
 
@@ -261,20 +268,39 @@ class Trainer:
 
         no_sync = getattr(self.model, "no_sync", None)
         sync_ctx = no_sync() if (no_sync is not None and not step_now) else contextlib.nullcontext()
+        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        # Under "skip" a batch that corrupts the batch-norm statistics is undone like one with a NaN
+        # loss: its buffer updates must be reverted too.
+        saved_buffers = [b.detach().clone() for b in buffers] if self.nan_policy == "skip" else None
         with sync_ctx:
             with torch.autocast(self.amp.device_type, dtype=self.amp.dtype, enabled=self.amp.enabled):
                 outputs = self.model(images, targets)
             losses, stat_tensors, stats = self._split_outputs(outputs)
             total = sum(losses.values())
+            # Running statistics can turn inf/NaN while the loss (computed with batch statistics) is
+            # still finite, so the guard checks them too.
+            buffers_finite = (torch.isfinite(torch.cat([b.detach().reshape(-1).float().to(total.device)
+                                                        for b in buffers])).all()
+                              if buffers else torch.ones((), device=total.device))
             # One device->host copy for every logged number (a GPU sync per value would stall).
             values = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values()),
-                                  *(v.detach().float().to(total.device) for v in stat_tensors.values())]).tolist()
-            stats.update(zip(stat_tensors, values[1 + len(losses):]))
+                                  *(v.detach().float().to(total.device) for v in stat_tensors.values()),
+                                  buffers_finite.float()]).tolist()
+            stats.update(zip(stat_tensors, values[1 + len(losses):-1]))
+            buffers_ok = values[-1] == 1.0
             values = values[: 1 + len(losses)]
-            finite = all_true(math.isfinite(values[0]), self.device)
-            if not finite:
+            if not all_true(math.isfinite(values[0]) and buffers_ok, self.device):
                 self.log_values = {}
-                self._non_finite("loss", dict(zip(["loss", *losses], values)), targets)
+                what = "loss"
+                if math.isfinite(values[0]):
+                    bad = ckpt_io.first_non_finite(dict(ckpt_io.unwrap_model(self.model).named_buffers()))
+                    what = f"model statistics ('{bad[0]}' became {bad[1]})" if bad else \
+                        "model statistics (on another process)"
+                if saved_buffers is not None:
+                    with torch.no_grad():
+                        for buffer, saved in zip(buffers, saved_buffers):
+                            buffer.copy_(saved)
+                self._non_finite(what, dict(zip(["loss", *losses], values)), targets)
                 return
             self.scaler.scale(total / window).backward()
         self.call_hooks("after_backward")
@@ -329,6 +355,23 @@ class Trainer:
             )
         return losses, stat_tensors, stats
 
+    def _check_weights_finite(self) -> None:
+        """Before an epoch's evaluation and checkpoint: weights or statistics that went NaN/inf (with
+        either nan_policy: a batch can be skipped, a diverged model cannot) stop the run, so no
+        checkpoint of them is written and the last good one stays the newest."""
+        bad = ckpt_io.first_non_finite(ckpt_io.unwrap_model(self.model).state_dict())
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"after epoch {self.epoch + 1}: the model's '{bad[0]}' holds {bad[1]} values: training "
+                f"diverged; nothing of this epoch was saved ({self._last_good()}). Lower the learning "
+                "rate or set train.grad_clip"
+            )
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is {self.last_checkpoint}"
+
     def _non_finite(self, what: str, values: Mapping[str, float], targets) -> None:
         ids = [t.get("image_id") for t in targets]
         terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
@@ -336,9 +379,9 @@ class Trainer:
                  f"{self.iters_per_epoch})")
         if self.nan_policy == "raise":
             raise NonFiniteLossError(
-                f"non-finite {what} at {where}: {terms}; image ids in the batch: {ids}. "
-                "Lower the learning rate, set train.grad_clip, check these images' annotations, "
-                "or set train.nan_policy='skip' to drop such batches"
+                f"non-finite {what} at {where}: {terms}; image ids in the batch: {ids}; "
+                f"{self._last_good()}. Lower the learning rate, set train.grad_clip, check these "
+                "images' annotations, or set train.nan_policy='skip' to drop such batches"
             )
         # Drop the gradients this accumulation window gathered so far too: with a bad gradient
         # they are poisoned, and a window never stepped must not leak into the next one.

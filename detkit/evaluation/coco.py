@@ -221,8 +221,10 @@ class COCOEvaluator(Evaluator):
         records = self.sorted_records()
         gt_dict = coco_ground_truth(records, self.class_names, self.cat_ids, self.difficult_as_crowd)
         results = coco_detections(records, self.cat_ids)
-        if not records:
-            logger.warning("COCOEvaluator: no images were evaluated")
+        if not any(not a["iscrowd"] for a in gt_dict["annotations"]):
+            # Undefined, reported as NaN (pycocotools' -1), the same as VOCEvaluator does.
+            logger.warning("COCOEvaluator: the %d evaluated images hold no (non-crowd) ground-truth box: AP is "
+                           "undefined and reported as NaN", len(records))
         stats, precision, eval_cat_ids = run_cocoeval(gt_dict, results, self.backend, self.verbose)
         out = {key: _nan_if_missing(v) for key, v in zip(COCO_STAT_KEYS, stats)}
 

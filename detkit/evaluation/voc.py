@@ -29,7 +29,11 @@ detkit choices where the devkit is silent:
 
 * ``iscrowd`` ground truth (COCO-style data evaluated with VOC metrics) is treated like *difficult*.
 * A class with no detections has AP 0 (it is not skipped).
-* A class with no (non-difficult) ground truth has AP 0 and counts in the mean, as in detectron2's
+* An evaluation set without any (non-difficult) ground-truth box -- no images, or only negatives --
+  has no defined AP: every AP is NaN (with a warning), as the COCO metric reports it; ``save_best``
+  skips NaN. (One behaviour for VOC and COCO; a mean of zeros would look like a model that found
+  nothing.)
+* Otherwise a class with no (non-difficult) ground truth has AP 0 and counts in the mean, as in detectron2's
   ``PascalVOCDetectionEvaluator``, which averages over every class. (detectron2 gets that 0 from
   the 11-point metric and from a class without detections; for the area metric on a class *with*
   detections its ``tp / npos`` is 0/0 and it reports NaN -- detkit reports 0 there too so that the
@@ -44,6 +48,7 @@ assigned to it above the threshold is the true positive and later ones are false
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,6 +58,8 @@ from detkit.evaluation.base import Evaluator, ImageRecord
 from detkit.evaluation.names import METRIC_KEYS, VOC_METRICS
 
 __all__ = ["VOCEvaluator", "evaluate_voc", "voc_ap_07", "voc_ap_area", "match_detections"]
+
+logger = logging.getLogger(__name__)
 
 # what IoU adds to widths / heights for each box convention (module docstring, *Box coordinates*)
 BOX_CONVENTIONS = {"continuous": 0.0, "inclusive": 1.0}
@@ -179,6 +186,11 @@ class VOCEvaluator(Evaluator):
         per_class_ap, stats = evaluate_voc(records, self.num_classes, self.metrics, self.iou_threshold,
                                            self.pixel_offset)
         out: dict = {}
+        if not stats["num_gt"].any():
+            # No ground truth at all: AP is undefined, as COCO says (NaN), not 0 (see the module docstring).
+            logger.warning("VOCEvaluator: the %d evaluated images hold no (non-difficult) ground-truth box: AP is "
+                           "undefined and reported as NaN", len(records))
+            per_class_ap = {m: [float("nan")] * self.num_classes for m in self.metrics}
         for metric in self.metrics:
             aps = per_class_ap[metric]
             (key,) = METRIC_KEYS[metric]  # voc07_ap50 / voc_ap50

@@ -56,6 +56,7 @@ class Predictor:
     def __init__(self, model, checkpoint=None, device=None, *, conf: float | None = DEFAULT_CONF,
                  iou: float | None = None, max_det: int | None = None, unsafe_load: bool = False,
                  overrides: Sequence[str] = ()):
+        from detkit.data.builder import data_max_pixels
         from detkit.data.transforms import build_transforms
         from detkit.deploy.backends import load_model
 
@@ -73,6 +74,7 @@ class Predictor:
         self.cfg = loaded.cfg
         self.class_names = loaded.class_names
         self.conf = conf
+        self.max_image_pixels = data_max_pixels(self.cfg)  # data.max_image_pixels (None: the reader's default)
         self.device = next((p.device for p in self.model.parameters()), getattr(self.model, "device", None)) \
             or torch.device("cpu")
         self.transforms = build_transforms(eval_transforms(self.cfg))
@@ -113,7 +115,7 @@ class Predictor:
         them)."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        arrays = [as_rgb_array(x) for x in items]
+        arrays = [as_rgb_array(x, self.max_image_pixels) for x in items]
         if not arrays:
             return []
         paths = [str(x) if isinstance(x, (str, Path)) else None for x in items]
@@ -134,13 +136,14 @@ def _is_pil(image) -> bool:
     return module.startswith("PIL.") and hasattr(image, "convert")
 
 
-def as_rgb_array(image) -> np.ndarray:
+def as_rgb_array(image, max_pixels: int | None = None) -> np.ndarray:
     """A path, RGB uint8 array ``HxWx3``, PIL image or ``CHW`` tensor (uint8, or float in 0..1) as an
-    RGB uint8 ``HxWx3`` array; anything else is a :class:`DataError` saying what is accepted."""
+    RGB uint8 ``HxWx3`` array; anything else is a :class:`DataError` saying what is accepted. A path
+    is read with :func:`detkit.data.io.read_image` (``max_pixels``: its pixel limit)."""
     from detkit.data.io import read_image
 
     if isinstance(image, (str, Path)):
-        return read_image(image)
+        return read_image(image, max_pixels)
     if _is_pil(image):
         return np.asarray(image.convert("RGB"))
     if isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3:

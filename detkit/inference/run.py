@@ -7,7 +7,9 @@ model, and a writer thread draws and encodes results. Outputs go to a fresh fold
 
 Outputs:
 * annotated images with the input's file name; annotated video with the input's name and extension
-  (``.mp4`` when the input's codec cannot be written here)
+  (``.mp4`` when the input's codec cannot be written here). Inputs sharing a stem (``x.jpg`` and
+  ``x.png``, or two ``x.jpg`` of a recursive glob) never overwrite each other's outputs: the later
+  one's are named ``x_2.png`` / ``labels/x_2.txt`` (:func:`unique_output_name`)
 * ``--save-json``: ``predictions.json`` in COCO results format (``image_id``, ``category_id``,
   ``bbox`` xywh, ``score``) plus ``file_name`` and ``category_name``; for videos also
   ``<video>.jsonl`` with one line of detections per frame
@@ -193,6 +195,20 @@ def _txt_lines(det, width: int, height: int) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def unique_output_name(name: str, used: set[str]) -> str:
+    """The output name of an input image: its own name unless an earlier input's outputs took the
+    stem (``x.jpg`` and ``x.png`` both make ``labels/x.txt``; two ``x.jpg`` of a recursive glob),
+    then ``<stem>_2<suffix>``, ``_3``... Stems are compared case-insensitively, as macOS and Windows
+    file systems do. ``used`` collects the stems taken."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    out, n = name, 2
+    while Path(out).stem.lower() in used:
+        out = f"{stem}_{n}{suffix}"
+        n += 1
+    used.add(Path(out).stem.lower())
+    return out
+
+
 def _imwrite(path: Path, rgb: np.ndarray) -> None:
     import cv2
 
@@ -262,7 +278,7 @@ def infer(cfg, checkpoint, source: str, *, conf=DEFAULT_CONF, iou=None, max_det=
     keep = parse_class_filter(classes, class_names)
     cat_ids = predictor.cfg.get("infer", {}).get("cat_ids") if isinstance(predictor.cfg.get("infer"), dict) else None
 
-    src = open_source(source)  # fails clearly before an output folder is created
+    src = open_source(source, max_pixels=predictor.max_image_pixels)  # fails clearly before an output folder exists
     out = resolve_out_dir(out_dir, exist_ok)
     result = InferResult(out_dir=out)
     is_video = src.kind in ("video", "webcam")
@@ -301,14 +317,7 @@ def infer(cfg, checkpoint, source: str, *, conf=DEFAULT_CONF, iou=None, max_det=
                     line = {"frame": frame.index, "detections": _coco_records(det, frame.index, frame.name,
                                                                               class_names, cat_ids)}
                     writer.submit(lambda f=jsonl, s=json.dumps(line): f.write(s + "\n"))
-                out_name = frame.name
-                if not is_video:
-                    stem, suffix = Path(frame.name).stem, Path(frame.name).suffix
-                    n = 2
-                    while out_name in used_names:  # two inputs with one name (a recursive glob)
-                        out_name = f"{stem}_{n}{suffix}"
-                        n += 1
-                    used_names.add(out_name)
+                out_name = frame.name if is_video else unique_output_name(frame.name, used_names)
                 if save_txt:
                     h, w = frame.image.shape[:2]
                     (out / "labels").mkdir(exist_ok=True)

@@ -38,6 +38,7 @@ class ImageSource:
     paths: list[Path]
     kind: str = "images"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    max_pixels: int | None = None  # larger images are skipped (None: the reader's default limit)
 
     def __len__(self):
         return len(self.paths)
@@ -47,7 +48,7 @@ class ImageSource:
 
         for i, path in enumerate(self.paths):
             try:
-                image = read_image(path)
+                image = read_image(path, self.max_pixels)
             except DataError as exc:
                 self.skipped.append((str(path), str(exc)))
                 log.warning("skipping %s: %s", path, exc)
@@ -58,8 +59,10 @@ class ImageSource:
 class VideoSource:
     """Frames of a video file or a webcam, streamed with OpenCV."""
 
-    def __init__(self, target, name: str, kind: str):
+    def __init__(self, target, name: str, kind: str, max_pixels: int | None = None):
         import cv2
+
+        from detkit.data.io import max_image_pixels
 
         self.kind, self.name, self.target = kind, name, target
         self.capture = cv2.VideoCapture(target)
@@ -69,6 +72,11 @@ class VideoSource:
         self.fps = float(self.capture.get(cv2.CAP_PROP_FPS)) or 30.0
         self.width = int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        limit = max_image_pixels(max_pixels)
+        if limit and self.width * self.height > limit:  # every frame would be a decompression bomb
+            self.capture.release()
+            raise DataError(f"{target}: refused, frames of {self.width}x{self.height} = {self.width * self.height:,} "
+                            f"pixels are over the limit of {limit:,} (data.max_image_pixels; 0 = no limit)")
         count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 and kind == "video" else None
         self.error: str | None = None  # why reading stopped early, if it did
@@ -111,32 +119,35 @@ def _expand_folder(folder: Path, skipped: list) -> list[Path]:
     return paths
 
 
-def open_source(source: str):
-    """Classify ``source``: an image file, a folder, a glob, a video file, or a webcam index."""
+def open_source(source: str, max_pixels: int | None = None):
+    """Classify ``source``: an image file, a folder, a glob, a video file, or a webcam index.
+
+    ``max_pixels``: images (and video frames) with more pixels are refused (None: the reader's default).
+    """
     if source.isdigit():
-        return VideoSource(int(source), f"webcam{source}", "webcam")
+        return VideoSource(int(source), f"webcam{source}", "webcam", max_pixels)
     path = Path(source)
     if path.is_dir():
         skipped: list = []
         paths = _expand_folder(path, skipped)
         if not paths:
             raise DataError(f"{source}: the folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        src = ImageSource(paths)
+        src = ImageSource(paths, max_pixels=max_pixels)
         src.skipped.extend(skipped)
         return src
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
-            return VideoSource(str(path), path.stem, "video")
+            return VideoSource(str(path), path.stem, "video", max_pixels)
         if suffix in IMAGE_EXTENSIONS:
-            return ImageSource([path])
+            return ImageSource([path], max_pixels=max_pixels)
         raise DataError(f"{source}: unknown file type '{suffix}' (expected an image or a video)")
     if any(ch in source for ch in "*?["):
         matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         images = [p for p in matches if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not images:
             raise DataError(f"{source}: the pattern matches no image files")
-        src = ImageSource(images)
+        src = ImageSource(images, max_pixels=max_pixels)
         src.skipped.extend((str(p), "not an image file (by extension)") for p in matches if p not in images)
         return src
     raise DataError(f"{source}: no such file or folder")

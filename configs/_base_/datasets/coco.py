@@ -1,5 +1,9 @@
 # COCO 2017 detection. Class names and ids come from the annotation file.
-data_root = "data/coco"
+# <data folder>/coco ($DETKIT_DATA/coco, else data/coco in this clone) with annotations/instances_*2017.json,
+# train2017/ and val2017/; `detkit data get coco2017-val` fetches the validation half.
+from detkit.data.paths import data_home
+
+data_root = str(data_home() / "coco")
 image_size = 448
 
 data = dict(

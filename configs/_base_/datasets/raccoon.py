@@ -1,8 +1,10 @@
-# The raccoon data set (200 real photos, Pascal VOC layout) read in place from ../shared next to the
-# repository. The path is found from this file, so commands work from any directory.
-from pathlib import Path
+# The raccoon data set (200 real photos, Pascal VOC layout). Fetch it once with
+#   detkit data get raccoon
+# which fills <data folder>/raccoon: $DETKIT_DATA/raccoon, else data/raccoon in this clone
+# (detkit.data.paths.data_home). Elsewhere: --set data.train.root=/path/to/raccoon.
+from detkit.data.paths import data_home
 
-data_root = str(Path(__file__).resolve().parents[4] / "shared" / "datasets" / "raccoon")
+data_root = str(data_home() / "raccoon")
 
 data = dict(
     classes=["raccoon"],

@@ -1,6 +1,10 @@
 # Pascal VOC 2007+2012 trainval for training, VOC2007 test for evaluation.
-# Point data_root at the folder holding VOC2007/ and VOC2012/ (each with Annotations/, JPEGImages/, ImageSets/).
-data_root = "data/VOCdevkit"
+# `detkit data get voc2007` and `detkit data get voc2012` fill <data folder>/VOCdevkit/VOC2007 and VOC2012
+# ($DETKIT_DATA, else data/ in this clone); elsewhere point data_root at the folder holding VOC2007/ and
+# VOC2012/ (each with Annotations/, JPEGImages/, ImageSets/).
+from detkit.data.paths import data_home
+
+data_root = str(data_home() / "VOCdevkit")
 image_size = 448
 
 data = dict(
