@@ -329,6 +329,19 @@ def test_checkpoint_holds_the_svms_and_regressors_as_tensors(tiny_classic, tmp_p
     assert bool(fresh.svm_trained) and bool(fresh.bbox_trained)
     torch.testing.assert_close(fresh.svm_weight, model.svm_weight)
 
+    # A class without an SVM (bias -inf from train_svms) is saved as a finite checkpoint (non-finite
+    # weights are refused as a diverged model) and still never fires once loaded.
+    model.set_svms(model.svm_weight * torch.tensor([[1.0], [0.0]]), torch.tensor([0.5, -math.inf]), 0.7)
+    path = save_checkpoint(tmp_path / "untrained_class.pth", {"model": model.state_dict(), "class_names": ["a", "b"]})
+    load_model_weights(fresh, load_checkpoint(path))
+    assert bool(torch.isfinite(fresh.svm_bias).all())
+    images, proposals = torch.rand(1, 3, 64, 64), [torch.tensor([[4.0, 4.0, 40.0, 44.0], [20.0, 10.0, 60.0, 50.0]])]
+    _, scores = fresh.eval().score_regions(images, proposals)
+    assert bool(torch.isfinite(scores[:, 0]).all()) and bool((scores[:, 1] == -math.inf).all())
+    fresh.postprocessor.score_threshold = -1e30
+    labels = fresh.detect(images, proposals)[0]["labels"].tolist()
+    assert labels and set(labels) == {0}
+
 
 # ----------------------------------------------------------------------------------------------
 # Feature cache

@@ -60,11 +60,15 @@ from detkit.models.svm import SVMOptions
 from detkit.ops.boxes import clip_boxes
 from detkit.registry import Spec
 
-__all__ = ["RCNNClassic", "BoxRegressionOptions", "SCORINGS", "BOX_REGRESSIONS"]
+__all__ = ["RCNNClassic", "BoxRegressionOptions", "SCORINGS", "BOX_REGRESSIONS", "NO_SVM_BIAS"]
 
 logger = logging.getLogger(__name__)
 
 SCORINGS = ("svm", "softmax")
+# A class without positive examples has no SVM (train_svms gives it bias -inf: it never fires).
+# Checkpoints hold finite values only (a non-finite one means a diverged model and is refused), so
+# the bias is stored as this stand-in, and test time turns that class's scores into -inf again.
+NO_SVM_BIAS = torch.finfo(torch.float32).min
 BOX_REGRESSIONS = ("ridge", "head", "none")
 FEATURE_DTYPES = ("float16", "float32")
 
@@ -169,9 +173,11 @@ class RCNNClassic(RCNN):
 
     # -- what the stages fill in -------------------------------------------------------------------
     def set_svms(self, weight: Tensor, bias: Tensor, scale: float) -> None:
-        """Install the SVMs of stage 3 (``[C, D]``, ``[C]``; ``scale`` multiplies the features)."""
+        """Install the SVMs of stage 3 (``[C, D]``, ``[C]``; ``scale`` multiplies the features; a bias of
+        ``-inf`` marks a class without an SVM, stored as :data:`NO_SVM_BIAS`)."""
+        bias = torch.as_tensor(bias, dtype=self.svm_bias.dtype)
         self.svm_weight.copy_(torch.as_tensor(weight))
-        self.svm_bias.copy_(torch.as_tensor(bias))
+        self.svm_bias.copy_(torch.where(torch.isneginf(bias), torch.full_like(bias, NO_SVM_BIAS), bias))
         self.svm_scale.fill_(float(scale))
         self.svm_trained.fill_(True)
         self._sync_ready()
@@ -239,6 +245,7 @@ class RCNNClassic(RCNN):
         for scoring, box_regression in variants:
             if scoring == "svm":
                 scores = (layers[self.svm_layer].float() * self.svm_scale) @ self.svm_weight.T + self.svm_bias
+                scores = scores.masked_fill(self.svm_bias == NO_SVM_BIAS, -torch.inf)  # never fires
             else:
                 scores = torch.softmax(head_out[0].float(), dim=-1)[:, 1:]
             out.append((self._class_boxes(box_regression, boxes, layers, head_out, image_size), scores))
