@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo    - create $(VENV), install everything, run the default job (synthetic shapes)"
 	@echo "make test    - create $(VENV) if missing, install everything, run the test suite"
-	@echo "make install - create $(VENV) and install detkit (test, fast-eval, deploy, serve and tracker extras) and plugins/*"
+	@echo "make install - create $(VENV) and install detkit (test, fast-eval, deploy, serve, tracker and classic extras) and plugins/*"
 	@echo "make bench   - run tools/bench.py (all benchmarks)"
 	@echo "make pretrain-demo - classifier pre-training vs from scratch on the shapes (README; 1-2 h on 2 CPUs)"
 
@@ -27,7 +27,7 @@ $(PY):
 # Re-installs when packaging metadata (entry points!) or a plugin changes.
 $(STAMP): $(PY) setup.cfg pyproject.toml $(PLUGIN_SRC)
 	$(PIP) install $(TORCH_PKGS)
-	$(PIP) install -e '.[test,fast-eval,deploy,serve,tensorboard,mlflow,wandb]'
+	$(PIP) install -e '.[test,fast-eval,deploy,serve,tensorboard,mlflow,wandb,classic]'
 	@for p in $(dir $(PLUGINS)); do \
 		echo "installing plugin $$p"; \
 		$(PIP) install "./$$p" || exit 1; \

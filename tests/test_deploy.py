@@ -92,12 +92,37 @@ def rcnn(shapes, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exports(yolo, rcnn):
+def rcnn_classic(shapes, tmp_path_factory):
+    """The classic R-CNN on the same network: random SVMs on fc7 and ridge regressors on pool5
+    (fixed seed) installed as stages 3 and 4 would, so the export must carry them: its graph scores
+    the given proposals with the SVM margins and regresses them with the ridge boxes. The margins
+    are spread widely and cut at 0 (the object side), so no detection hinges on a near-tie."""
+    from detkit.models.builder import build_detector
+
+    cfg = load_config(REPO / "configs" / "rcnn_shapes.py", [
+        f"data.train.root={shapes}", "data.train.transforms.size=64", "data.val.transforms.size=64",
+        "model.backbone={'type': 'resnet18', 'out_indices': [0]}", "model.max_proposals_test=150",
+        "model.proposals.max_proposals=150", "model.postprocessor.max_per_image=300", "eval.num_workers=0",
+        "model.type=rcnn_classic", "model.loss.box_weight=0.0", "model.postprocessor.score_threshold=0.0"])
+    torch.manual_seed(0)
+    model = build_detector(cfg["model"], ["circle", "square", "triangle", "star", "cross"])
+    g = torch.Generator().manual_seed(1)
+    c, d_svm, d_box = model.num_classes, model.svm_weight.shape[1], model.bbox_beta.shape[1] - 1
+    model.set_svms(torch.randn(c, d_svm, generator=g), torch.randn(c, generator=g) - 1.0, 0.5)
+    model.set_box_regressors(torch.randn(c, d_box + 1, 4, generator=g) * 0.002, torch.randn(c, 4, generator=g) * 0.05,
+                             torch.eye(4).repeat(c, 1, 1) * 0.3, 1.0)
+    path = tmp_path_factory.mktemp("rcnn_classic") / "last.pth"
+    (path.parent / "config.json").write_text(json.dumps(cfg))
+    return save_checkpoint(path, {"model": model.state_dict(), "class_names": list(model.class_names), "config": cfg})
+
+
+@pytest.fixture(scope="module")
+def exports(yolo, rcnn, rcnn_classic):
     """Every export the parity tests compare, written once: {(detector, format): path}."""
     from detkit.deploy.export import export
 
     out = {}
-    for name, ckpt in (("yolov1", yolo), ("rcnn", rcnn)):
+    for name, ckpt in (("yolov1", yolo), ("rcnn", rcnn), ("rcnn_classic", rcnn_classic)):
         out[name, "onnx"] = export(ckpt, "onnx", dynamic_batch=True)
         out[name, "torchscript"] = export(ckpt, "torchscript", dynamic_batch=True)
     out["yolov1", "onnx-fixed"] = export(yolo, "onnx", yolo.with_name("fixed.onnx"))
@@ -357,10 +382,11 @@ def test_export_metadata_holds_the_runtime_contract(exports, yolo):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("detector", ["yolov1", "rcnn"])
+@pytest.mark.parametrize("detector", ["yolov1", "rcnn", "rcnn_classic"])
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_exported_models_return_the_checkpoints_detections(detector, fmt, exports, yolo, rcnn, val_images):
-    ckpt = {"yolov1": yolo, "rcnn": rcnn}[detector]
+def test_exported_models_return_the_checkpoints_detections(detector, fmt, exports, yolo, rcnn, rcnn_classic,
+                                                           val_images):
+    ckpt = {"yolov1": yolo, "rcnn": rcnn, "rcnn_classic": rcnn_classic}[detector]
     reference = Predictor(ckpt, device="cpu", conf=None)(val_images)
     assert sum(len(r) for r in reference) >= len(val_images)
     exported = Predictor(exports[detector, fmt], device="cpu", conf=None)
@@ -383,9 +409,9 @@ def test_fixed_batch_and_raw_candidate_exports(exports, yolo, val_images):
     assert_same_detections(Predictor(exports["yolov1", "onnx"], device="cpu", conf=0.1)(val_images), some)
 
 
-@pytest.mark.parametrize("detector", ["yolov1", "rcnn"])
-def test_eval_of_the_onnx_file_gives_the_checkpoints_map(detector, exports, yolo, rcnn, tmp_path):
-    ckpt = {"yolov1": yolo, "rcnn": rcnn}[detector]
+@pytest.mark.parametrize("detector", ["yolov1", "rcnn", "rcnn_classic"])
+def test_eval_of_the_onnx_file_gives_the_checkpoints_map(detector, exports, yolo, rcnn, rcnn_classic, tmp_path):
+    ckpt = {"yolov1": yolo, "rcnn": rcnn, "rcnn_classic": rcnn_classic}[detector]
     runner = CliRunner()
     config = ckpt.parent / "config.json"
     for name, model, extra in (("ckpt", ckpt, []), ("onnx", exports[detector, "onnx"], ["--data", str(config)])):

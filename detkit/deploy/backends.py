@@ -217,7 +217,7 @@ class ExportedDetector(nn.Module):
         else:
             model_cfg = postprocessor_overrides(info.config, conf, iou, max_det)["model"]
             self.postprocessor = registry.build("postprocessors", model_cfg["postprocessor"], path="model.postprocessor")
-        if info.detector == "rcnn":
+        if "rois" in info.inputs:  # the R-CNN family (rcnn, rcnn_classic): proposals are computed here
             from detkit.models.detectors.rcnn import RegionProposals
 
             spec = info.proposals or {}

@@ -148,9 +148,9 @@ class RCNNGraph(DetectorGraph):
     """An R-CNN detector's region scoring as one graph: proposals in, detections out."""
 
     def forward(self, images: Tensor, rois: Tensor):
-        height, width = images.shape[-2], images.shape[-1]
-        class_logits, box_deltas = self.detector.classify_regions(images, rois)
-        boxes, scores = self.detector.head.decode(class_logits, box_deltas, rois[:, 1:], (height, width))
+        # The R-CNN family's "score given proposals" (rcnn: softmax + box deltas; rcnn_classic: SVMs
+        # + ridge box regression).
+        boxes, scores = self.detector.score_regions(images, rois)
         if self.nms is None:
             return boxes, scores
         return self.nms(boxes, scores, rois[:, 0].long(), images.shape[0])

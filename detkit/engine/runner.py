@@ -10,6 +10,8 @@ default ``work_dirs/<config name>/``) receives::
     train.log            the log (also printed to the console)
     metrics.jsonl        one record per logged window and per epoch (see hooks.LoggerHook)
     last.pth             the latest checkpoint; resume with --resume
+    stages.json          detectors trained in stages after the loop (rcnn_classic): what has finished,
+                         with finetune_epochs.json (each epoch's wall and CPU seconds) and features/
     previous/<time>/     an earlier run in the same work dir (any of its files), moved aside: a new
                          run never overwrites, truncates or appends to it (see engine/workdir.py)
     epoch_N.pth          the last ``keep_last`` epoch checkpoints
@@ -233,6 +235,11 @@ def _train(cfg: dict, info: dist_utils.DistInfo, work_dir: Path, *, resume, unsa
             hooks.append(EvalPlotsHook(work_dir / "plots", evaluator, val_set, train_set,
                                        iou_threshold=ecfg["plot_iou_thr"], score_threshold=ecfg["plot_score_thr"]))
     hooks += list(extra_hooks)
+    if info.is_main:
+        # Detectors fitted in steps after the loop (rcnn_classic: features, SVMs, box regressors).
+        from detkit.engine.stages import stage_hooks
+
+        hooks += stage_hooks(model, cfg=cfg, work_dir=work_dir, device=device)
 
     trainer = Trainer(
         model, optimizer, train_loader, max_epochs=tcfg["epochs"], device=device, scheduler=scheduler,

@@ -29,7 +29,8 @@ for the fallback), foregrounds get regression targets from the head's box coder 
 (VOC) or ``iscrowd`` (COCO) are left out of the ground truth by default, as py-faster-rcnn does.
 
 Inference (``model.eval()``): softmax scores, class-specific boxes decoded from every proposal and
-clipped to the image, then the postprocessor (score threshold, per-class NMS -- IoU 0.3 in the rcnn
+clipped to the image (:meth:`RCNN.score_regions`: given proposals in, class boxes and scores out, the
+part an export holds), then the postprocessor (score threshold, per-class NMS -- IoU 0.3 in the rcnn
 configs, R-CNN's value -- and ``max_per_image``). Boxes are in input pixels, or in original-image
 pixels for the images whose ``metas`` are passed: the detector contract of
 :mod:`detkit.models.detectors.base`, which also hosts construction, input checks and normalisation.
@@ -64,7 +65,7 @@ from detkit.models.detectors.base import DetectorBase, image_name
 from detkit.models.sampler import RegionSampler
 from detkit.registry import Spec
 
-__all__ = ["RCNN", "RegionProposals", "images_to_uint8"]
+__all__ = ["RCNN", "RegionProposals", "images_to_uint8", "proposal_boxes"]
 
 
 def images_to_uint8(images: Tensor) -> list[np.ndarray]:
@@ -73,6 +74,14 @@ def images_to_uint8(images: Tensor) -> list[np.ndarray]:
     images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     as_bytes = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     return list(as_bytes.permute(0, 2, 3, 1).contiguous().cpu().numpy())
+
+
+def proposal_boxes(proposals: Sequence[Tensor] | Tensor) -> Tensor:
+    """Every proposal's box ``[R, 4]``, in order: from one ``[P_i, 4]`` tensor per image, or from
+    rois ``[R, 5]`` (image index, x1, y1, x2, y2; the form an exported graph takes)."""
+    if isinstance(proposals, Tensor):
+        return proposals[:, 1:]
+    return torch.cat(list(proposals))
 
 
 class RCNN(DetectorBase):
@@ -159,12 +168,24 @@ class RCNN(DetectorBase):
         return self.head.mode
 
     # -- forward ---------------------------------------------------------------------------------
+    def head_inputs(self, images: Tensor) -> tuple[Tensor, torch.nn.Module | None]:
+        """What the head reads besides the regions: the feature map (``roi``), or the normalised
+        images and the backbone to run on their warped crops (``warp``)."""
+        if self.head.mode == "warp":
+            return self.normalise(images), self.backbone
+        return self.features(images), None
+
+    def region_features(self, images: Tensor, regions: Sequence[Tensor]) -> Tensor:
+        """The region feature ``[R, D]`` of every region of all images, in order (the head's input:
+        roi-pooled from the image's feature map, or the backbone's output on the warped crop)."""
+        x, backbone = self.head_inputs(images)
+        return self.head.region_features(x, regions, backbone=backbone)
+
     def classify_regions(self, images: Tensor, regions: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Run the backbone and the head: ``(class_logits [R, C + 1], box_deltas [R, C * 4])`` for the
         regions of all images, in order."""
-        if self.head.mode == "warp":
-            return self.head(self.normalise(images), regions, backbone=self.backbone)
-        return self.head(self.features(images), regions)
+        x, backbone = self.head_inputs(images)
+        return self.head(x, regions, backbone=backbone)
 
     def forward_train(self, images: Tensor, targets: Sequence[Mapping],
                       metas: Sequence[Mapping]) -> dict[str, Tensor]:
@@ -199,11 +220,20 @@ class RCNN(DetectorBase):
     @torch.no_grad()
     def detect(self, images: Tensor, proposals: list[Tensor]) -> list[dict]:
         """Detections in input pixels from given proposals (one ``[P_i, 4]`` tensor per image)."""
-        class_logits, box_deltas = self.classify_regions(images, proposals)
-        image_size = (int(images.shape[-2]), int(images.shape[-1]))
-        boxes, scores = self.head.decode(class_logits, box_deltas, torch.cat(proposals), image_size)
+        boxes, scores = self.score_regions(images, proposals)
         counts = [len(p) for p in proposals]
         return self.postprocessor(list(boxes.split(counts)), list(scores.split(counts)))
+
+    def score_regions(self, images: Tensor, proposals: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Score given proposals: class-specific boxes ``[R, C, 4]`` (input pixels, clipped to the
+        image) and per-class scores ``[R, C]`` for the proposals of all images, in order -- everything
+        before the postprocessor. This is the part of the detector an export holds (proposal
+        generators are not graph code); every R-CNN-family detector answers it (``rcnn_classic``
+        with its SVMs and box regressors)."""
+        class_logits, box_deltas = self.classify_regions(images, proposals)
+        # Sizes as they are (traced values under export), as the graph's other consumers take them.
+        image_size = (images.shape[-2], images.shape[-1])
+        return self.head.decode(class_logits, box_deltas, proposal_boxes(proposals), image_size)
 
     # -- proposals -------------------------------------------------------------------------------
     def generate_proposals(self, images: Tensor, metas: Sequence[Mapping | None] | None, cap: int) -> list[Tensor]:

@@ -16,7 +16,12 @@ How a proposal becomes a feature vector (``mode=``):
   to ``warp_size x warp_size`` (the backbone's input size), ignoring its aspect ratio, after dilating
   it so that ``context`` pixels of the warped frame are image context around the box (the paper:
   16 px at 227). The crops go through the backbone in chunks of ``warp_chunk`` (bounding memory),
-  each feature map is averaged to a vector, then the same fully-connected layers.
+  each crop's feature map becomes a vector (``warp_pool``), then the same fully-connected layers:
+
+  - ``"avg"``: global average (one value per channel: cheap, but the spatial layout is gone);
+  - ``"grid"``: adaptive average pooling to ``pool_size x pool_size``, flattened: the paper's pool5
+    -> fc6 path. For AlexNet at 224 px the map already is 6 x 6, so ``pool_size=6`` flattens pool5
+    itself (9216 values), exactly as torchvision's AlexNet feeds its classifier.
 
   The crop-and-resize is :func:`torchvision.ops.roi_align` on the (normalised) image itself with
   ``spatial_scale=1``, ``aligned=True``: one vectorised bilinear resampling of all proposals of the
@@ -28,7 +33,9 @@ How a proposal becomes a feature vector (``mode=``):
 
 The detector calls :meth:`RegionClassifierHead.forward` with the feature maps (``roi``) or the
 normalised images and the backbone (``warp``); :meth:`encode` / :meth:`decode` convert between boxes
-and the deltas this head predicts.
+and the deltas this head predicts. :meth:`layer_features` names the per-region activations R-CNN's
+SVMs and box regressors read (``pool5``: the region feature; ``fc6``, ``fc7``: after each
+fully-connected layer's ReLU).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.ops import roi_align
 
 from detkit.errors import ConfigError
@@ -47,6 +55,11 @@ from detkit.ops.boxes import BoxCoder, clip_boxes
 __all__ = ["RegionClassifierHead", "dilate_for_context"]
 
 MODES = ("roi", "warp")
+WARP_POOLS = ("avg", "grid")
+# The name of the region feature and of the hidden layers after it, as in R-CNN's AlexNet (pool5,
+# fc6, fc7); a head with more fully-connected layers names them fc8, fc9, ...
+POOL_LAYER = "pool5"
+FIRST_FC = 6
 # Fast R-CNN / torchvision's target normalisation of (dx, dy, dw, dh).
 DEFAULT_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
@@ -86,6 +99,8 @@ class RegionClassifierHead(nn.Module):
         pool_size: roi_align output side (``roi``; 7 in Fast R-CNN).
         sampling_ratio: roi_align samples per bin side (``roi``; 2 like torchvision, <= 0 adaptive).
         warp_size: side of the warped crops (``warp``; the backbone's input size, 227 in R-CNN).
+        warp_pool: how a crop's feature map becomes a vector (``warp``): ``"avg"`` global average,
+            ``"grid"`` pooled to ``pool_size x pool_size`` and flattened (R-CNN's pool5; module docstring).
         context: pixels of context around the box in the warped frame (``warp``; 16 in R-CNN).
         warp_sampling_ratio: samples per output pixel side when warping (``warp``).
         warp_chunk: crops per backbone call (``warp``; bounds memory).
@@ -105,6 +120,7 @@ class RegionClassifierHead(nn.Module):
         pool_size: int = 7,
         sampling_ratio: int = 2,
         warp_size: int = 224,
+        warp_pool: str = "avg",
         context: float = 16.0,
         warp_sampling_ratio: int = 2,
         warp_chunk: int = 256,
@@ -117,6 +133,8 @@ class RegionClassifierHead(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ConfigError(f"model.head.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if warp_pool not in WARP_POOLS:
+            raise ConfigError(f"model.head.warp_pool must be one of {', '.join(WARP_POOLS)}, got {warp_pool!r}")
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("pool_size", pool_size), ("warp_size", warp_size), ("warp_chunk", warp_chunk),
                             ("hidden_dim", hidden_dim)):
@@ -140,12 +158,15 @@ class RegionClassifierHead(nn.Module):
         self.pool_size = pool_size
         self.sampling_ratio = int(sampling_ratio)
         self.warp_size = warp_size
+        self.warp_pool = warp_pool
         self.context = float(context)
         self.warp_sampling_ratio = int(warp_sampling_ratio)
         self.warp_chunk = warp_chunk
         self.box_coder = BoxCoder(weights=tuple(float(w) for w in box_weights), clamp=float(box_clamp))
 
-        features = in_channels * pool_size * pool_size if mode == "roi" else in_channels
+        grid = mode == "roi" or warp_pool == "grid"
+        features = in_channels * pool_size * pool_size if grid else in_channels
+        self.feature_dim = features  # D of region_features (R-CNN's pool5)
         layers: list[nn.Module] = []
         for _ in range(num_fc):
             layers += [nn.Linear(features, hidden_dim), nn.ReLU(inplace=True)]
@@ -166,7 +187,8 @@ class RegionClassifierHead(nn.Module):
         if self.mode == "roi":
             where = f"pool_size={self.pool_size}, stride={self.stride}, sampling_ratio={self.sampling_ratio}"
         else:
-            where = f"warp_size={self.warp_size}, context={self.context:g}, warp_chunk={self.warp_chunk}"
+            where = (f"warp_size={self.warp_size}, warp_pool={self.warp_pool!r}, context={self.context:g}, "
+                     f"warp_chunk={self.warp_chunk}")
         return f"mode={self.mode!r}, {where}, num_classes={self.num_classes}"
 
     # -- region features -------------------------------------------------------------------------
@@ -212,12 +234,52 @@ class RegionClassifierHead(nn.Module):
             features = backbone(crops)
             if isinstance(features, (list, tuple)):  # built with out_indices: use the last map
                 features = features[-1]
-            pieces.append(features.mean(dim=(2, 3)))
+            pieces.append(self._crop_vector(features))
         if not pieces:
-            return images.new_zeros((0, self.in_channels))
+            return images.new_zeros((0, self.feature_dim))
         return torch.cat(pieces)
 
+    def _crop_vector(self, features: Tensor) -> Tensor:
+        """A crop's feature map ``[K, C, h, w]`` -> ``[K, feature_dim]`` (``warp_pool``)."""
+        if self.warp_pool == "grid":
+            return F.adaptive_avg_pool2d(features, self.pool_size).flatten(1)
+        return features.mean(dim=(2, 3))
+
     # -- prediction ------------------------------------------------------------------------------
+    def layer_names(self) -> tuple[str, ...]:
+        """The named activations :meth:`layer_features` can return: ``pool5``, then one per
+        fully-connected layer (``fc6``, ``fc7``, ...)."""
+        num_fc = sum(isinstance(m, nn.Linear) for m in self.fc)
+        return (POOL_LAYER, *(f"fc{FIRST_FC + i}" for i in range(num_fc)))
+
+    def layer_dim(self, name: str) -> int:
+        """Length of the vector :meth:`layer_features` returns for layer ``name``."""
+        if name not in self.layer_names():
+            raise ConfigError(f"{name}: not a layer of this head; it has {', '.join(self.layer_names())}")
+        if name == POOL_LAYER:
+            return self.feature_dim
+        linears = [m for m in self.fc if isinstance(m, nn.Linear)]
+        return linears[int(name[2:]) - FIRST_FC].out_features
+
+    def layer_features(self, region_features: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+        """The activations ``names`` (see :meth:`layer_names`) for ``[R, D]`` region features: the
+        region feature itself (``pool5``) and the output of each fully-connected layer after its ReLU
+        (dropout, when configured, runs in training only and is skipped here, as at test time)."""
+        unknown = [n for n in names if n not in self.layer_names()]
+        if unknown:
+            raise ConfigError(f"{', '.join(unknown)}: not a layer of this head; it has {', '.join(self.layer_names())}")
+        out = {POOL_LAYER: region_features} if POOL_LAYER in names else {}
+        x, index = region_features, FIRST_FC
+        for module in self.fc:
+            if isinstance(module, nn.Dropout):
+                continue
+            x = module(x)
+            if isinstance(module, nn.ReLU):
+                if f"fc{index}" in names:
+                    out[f"fc{index}"] = x
+                index += 1
+        return out
+
     def predict(self, region_features: Tensor) -> tuple[Tensor, Tensor]:
         """``[R, D]`` features -> ``(class_logits [R, C + 1], box_deltas [R, C * 4])``."""
         hidden = self.fc(region_features)
