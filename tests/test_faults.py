@@ -488,6 +488,22 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(c
     assert load_checkpoint(work / "last.pth")["epoch"] == 1 and temp_files(work) == []
 
 
+def test_full_disk_while_writing_config_json_is_one_line_and_leaves_no_partial_file(config, tmp_path, monkeypatch):
+    real_write_text = Path.write_text
+
+    def write_text(self, data, *args, **kwargs):
+        if self.name.startswith(".config.json"):  # config.json's temporary file: the disk is full
+            real_write_text(self, data[:10], *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    work = tmp_path / "w"
+    result = train_cli(config, work)
+    error_line(result, f"cannot write {work / 'config.json'}: No space left on device")
+    assert not (work / "config.json").exists() and temp_files(work) == []
+
+
 def test_a_log_file_that_cannot_be_written_any_more_is_reported_once(tmp_path, capfd):
     class FullDiskStream:
         def write(self, text):
