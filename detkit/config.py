@@ -24,7 +24,6 @@ import ast
 import copy
 import difflib
 import json
-import os
 import re
 import runpy
 import types
@@ -279,16 +278,9 @@ def resolve_references(cfg: dict) -> dict:
 def dump_config(cfg: Mapping, path: str | Path | None = None) -> str:
     text = json.dumps(cfg, indent=2, sort_keys=False)
     if path is not None:
-        from detkit.fileio import output_error, temp_path
+        from detkit.fileio import write_text_atomic
 
-        # through a temporary file: a full disk must not leave a truncated config.json beside the
-        # checkpoints (eval/infer read it), and its error is one line naming the file
-        path = Path(path)
-        tmp = temp_path(path)
-        try:
-            tmp.write_text(text + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise output_error(path, exc) from exc
+        # atomic: a full disk must not leave a truncated config.json beside the checkpoints (eval
+        # and infer read it), and its error is one line naming the file
+        write_text_atomic(path, text + "\n")
     return text

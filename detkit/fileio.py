@@ -18,7 +18,7 @@ from pathlib import Path
 from detkit.errors import OutputError
 
 __all__ = ["temp_path", "is_temp_file", "remove_stale_temp_files", "create_new_file", "fsync_dir",
-           "output_error", "ENVIRONMENT_ERRNOS"]
+           "write_text_atomic", "output_error", "ENVIRONMENT_ERRNOS"]
 
 _TEMP_FILE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
 
@@ -81,6 +81,21 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename: a crash or a full disk
+    never leaves half a file at ``path``; a failure removes the temporary file and is an
+    :class:`OutputError` naming ``path`` (not the temporary name)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, exc) from exc
+    return path
 
 
 def output_error(path: str | os.PathLike, exc: OSError, what: str = "cannot write") -> OutputError:

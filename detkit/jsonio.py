@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-from detkit.fileio import temp_path
+from detkit.fileio import write_text_atomic
 
 __all__ = ["to_jsonable", "write_json"]
 
@@ -33,7 +32,4 @@ def write_json(path, obj, indent: int | None = 2) -> Path:
     parent folders are created. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=indent) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(to_jsonable(obj), indent=indent) + "\n")

@@ -57,7 +57,7 @@ from detkit.engine.dist import get_world_size
 from detkit.engine.run_logging import stderr_is_terminal
 from detkit.errors import ConfigError
 from detkit.evaluation.names import EPOCH_KEYS
-from detkit.fileio import output_error, temp_path
+from detkit.fileio import output_error, write_text_atomic
 from detkit.jsonio import to_jsonable
 
 __all__ = [
@@ -445,9 +445,7 @@ def _open_metrics(path: Path, keep_until_iter: int):
             continue  # a line cut by a crash
         if isinstance(record, dict) and int(record.get("iter", 0)) <= keep_until_iter:
             kept.append(line)
-    tmp = temp_path(path)
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
     return open(path, "a", encoding="utf-8")
 
 
