@@ -231,6 +231,12 @@ def set_by_path(cfg: dict, dotted: str, value: Any, *, add: bool = False, defaul
         # defaults name sections, then their keys; below that a default is one value (the whole
         # train.optimizer dict), whose own keys depend on its type
         known = known[part] if depth == 0 and isinstance(known.get(part), Mapping) else {}
+        if node[part] is None:
+            # An optional section that is off (train.ema=None): setting one of its keys turns it on
+            # with that key, the rest at the component's defaults, as `--set train.ema.decay=0.99`
+            # reads. Its keys are the component's to check (a typo fails there, by name).
+            node[part] = {}
+            add = True
         node = node[part]
 
 

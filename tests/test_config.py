@@ -85,6 +85,24 @@ def test_override_of_missing_key_is_an_error_with_suggestion(cfg_tree):
         load_config(path, ["model.backbone.type"])
 
 
+def test_override_into_a_section_that_is_off_turns_it_on():
+    """`--set train.ema.decay=0.98` on a config whose train.ema is None (off, the default) sets that
+    key and leaves the others to the component's defaults, instead of refusing a None."""
+    from detkit.engine.ema import EMAHook
+    from detkit.schema import SECTION_DEFAULTS, fill_defaults, resolve_train_config
+
+    out = apply_overrides({"train": {"epochs": 3}}, ["train.ema.decay=0.98"], defaults=SECTION_DEFAULTS)
+    assert out["train"]["ema"] == {"decay": 0.98}
+    hook = EMAHook(**fill_defaults(out, "detection")["train"]["ema"])
+    assert hook.decay == 0.98 and hook.tau == 2000.0
+    # an explicit None in the config is off as well
+    assert apply_overrides({"train": {"ema": None}}, ["train.ema.tau=20"])["train"]["ema"] == {"tau": 20}
+    # a misspelt key of such a section is still refused by name, where the run's config is checked
+    typo = apply_overrides({"train": {}}, ["train.ema.decy=0.9"], defaults=SECTION_DEFAULTS)
+    with pytest.raises(ConfigError, match=r"train\.ema.*decy"):
+        resolve_train_config(fill_defaults(typo, "detection")["train"])
+
+
 def test_override_list_items_by_index():
     cfg = {"data": {"augment": [{"type": "HorizontalFlip", "p": 0.5}]}}
     out = apply_overrides(cfg, ["data.augment.0.p=0.1"])
