@@ -66,6 +66,29 @@ def test_counts_and_fit_of_matched_boxes_are_the_hand_computed_ones(records):
     assert "height x1.12" in text
 
 
+def test_size_slope_measures_sizes_pulled_toward_a_typical_size():
+    # Images 200 wide, 100 high; true widths 20..160 px; predicted relative widths = sqrt(true relative
+    # width) * 0.6, i.e. slope 0.5 in log-log (pulled toward 0.36 of the width), heights exact.
+    recs, sizes = [], {}
+    for i, w in enumerate([20.0, 40.0, 80.0, 120.0, 160.0]):
+        pw = 200 * 0.6 * np.sqrt(w / 200)
+        cx = 100.0
+        recs.append(record(i, gt=[[cx - w / 2, 20, cx + w / 2, 80]], gt_labels=[0],
+                           dets=[[cx - pw / 2, 20, cx + pw / 2, 80]], scores=[0.9], det_labels=[0]))
+        sizes[i] = (100, 200)
+    s = box_fit_diagnostics(recs, ["a"], sizes, iou_match=0.1)["summary"]
+    assert s["matched"] == 5
+    assert s["width_size_slope"] == pytest.approx(0.5)
+    assert s["height_size_slope"] is None  # every true height is the same: no slope to fit
+    # small boxes too wide, large ones too narrow: a median ratio alone would show neither
+    assert s["width_ratio_q3"] > 1 > s["width_ratio_q1"]
+    text = format_diagnostics({"summary": s, "settings": {"score_threshold": 0.25, "iou_match": 0.1},
+                               "by_size": [], "by_objects_per_image": []})
+    assert "width 0.50, height -" in text
+    # without image sizes the slope is not computed (sizes relative to the image are unknown)
+    assert box_fit_diagnostics(recs, ["a"], None, iou_match=0.1)["summary"]["width_size_slope"] is None
+
+
 def test_ap_by_object_size_uses_the_size_relative_to_the_image():
     # image 1 is 100x100, image 2 is 400x400: the same 20-pixel box is 0.2 of one and 0.05 of the other
     small = record(2, gt=[[0, 0, 20, 20]], gt_labels=[0], dets=[[0, 0, 20, 20]], scores=[0.9], det_labels=[0])

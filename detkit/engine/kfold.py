@@ -57,6 +57,7 @@ SUMMARY_FILE = "summary.json"
 FOLD_RESULT_FILE = "fold_result.json"
 # diagnostics carried into the fold results and the summary (see detkit.evaluation.diagnostics)
 DIAGNOSTIC_KEYS = ("iou_median", "iou_q1", "iou_q3", "iou_ge_75", "width_ratio_median", "height_ratio_median",
+                   "width_size_slope", "height_size_slope",
                    "center_offset_abs_x_median", "center_offset_abs_y_median", "recall_at_conf",
                    "localization_misses_fraction", "missed_fraction")
 

@@ -18,6 +18,12 @@ numbers say how they miss:
 * **Fit of the matched pairs**: IoU median and quartiles, the share reaching 0.75 (what AP75 needs),
   width and height ratio predicted / true (1.12 = 12% too wide), centre offset (predicted minus true
   centre, in units of the true width / height: +0.05 = 5% of the width to the right).
+* **Size slope**: the least-squares slope of log predicted against log true width (and height), both
+  relative to the image side. 1 means predicted sizes follow the objects'; below 1 they are pulled
+  toward a typical size (small objects get boxes too big, large ones too small), the signature of an
+  under-fitted size regression, which a median ratio alone shows only as a bias in one direction
+  (when most objects lie on one side of the typical size). Needs image sizes and at least 3 pairs
+  whose true sizes differ.
 * **AP by object size**: COCO AP / AP50 / AP75 for objects binned by their size relative to the
   image, ``sqrt(box area / image area)`` (a YOLOv1 grid cell at S=7 is 0.14 of the side), computed by
   COCOeval with those area ranges on coordinates scaled per image to unit area (IoU does not change;
@@ -113,6 +119,18 @@ def _fit_stats(pairs_gt: np.ndarray, pairs_det: np.ndarray, best_iou: np.ndarray
     return out
 
 
+def _log_slope(true: np.ndarray, pred: np.ndarray) -> float | None:
+    """Least-squares slope of ``log pred`` on ``log true`` (None: under 3 usable pairs or no spread)."""
+    ok = (true > 0) & (pred > 0) & np.isfinite(true) & np.isfinite(pred)
+    if ok.sum() < 3:
+        return None
+    x, y = np.log(true[ok]), np.log(pred[ok])
+    var = float(np.var(x))
+    if var < 1e-12:
+        return None
+    return float(np.mean((x - x.mean()) * (y - y.mean())) / var)
+
+
 def _bin_label(lo, hi, integer: bool) -> str:
     if integer:
         return f"{lo}+" if hi is None else (f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}")
@@ -154,6 +172,7 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
     matches = [_match_image(r, score_threshold, iou_match) for r in records]
 
     pairs_gt, pairs_det, best, gt_size, gt_image_count, gt_matched = [], [], [], [], [], []
+    pair_image_wh = []  # (width, height) of each matched pair's image, NaN when unknown
     outcome = {"matched": 0, "localization_misses": 0, "class_confusions": 0, "missed": 0}
     for rec, m in zip(records, matches):
         real = ~m["ignore"]
@@ -166,6 +185,7 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
                 outcome["matched"] += 1
                 pairs_gt.append(rec.gt_boxes[g])
                 pairs_det.append(m["det_boxes"][d])
+                pair_image_wh.append((size[1], size[0]) if size else (np.nan, np.nan))
             elif m["best_other"][g] >= iou_match:  # boxed well, but under another class
                 outcome["class_confusions"] += 1
             elif m["best_same"][g] >= LOCALISATION_IOU:
@@ -191,6 +211,10 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
     for key in ("localization_misses", "class_confusions", "missed"):
         summary[f"{key}_fraction"] = outcome[key] / num_gt if num_gt else None
     summary.update(_fit_stats(pairs_gt, pairs_det, np.asarray(best, np.float64)))
+    wh = np.asarray(pair_image_wh, np.float64).reshape(-1, 2)
+    for key, lo, hi, side in (("width_size_slope", 0, 2, 0), ("height_size_slope", 1, 3, 1)):
+        summary[key] = _log_slope((pairs_gt[:, hi] - pairs_gt[:, lo]) / wh[:, side],
+                                  (pairs_det[:, hi] - pairs_det[:, lo]) / wh[:, side])
 
     # AP by object size: COCOeval on per-image unit-area coordinates, one area range per bin
     sized = [_scaled(r, image_sizes[r.image_id]) for r in records if image_sizes.get(r.image_id)]
@@ -254,6 +278,8 @@ def format_diagnostics(diag: Mapping) -> str:
         f"  predicted / true size: width x{_f(s['width_ratio_median'])} (q1 {_f(s['width_ratio_q1'])}, q3 "
         f"{_f(s['width_ratio_q3'])}), height x{_f(s['height_ratio_median'])} (q1 {_f(s['height_ratio_q1'])}, "
         f"q3 {_f(s['height_ratio_q3'])})",
+        f"  size slope, log predicted vs log true (1 = sizes follow the objects, < 1 = pulled toward a "
+        f"typical size): width {_f(s.get('width_size_slope'))}, height {_f(s.get('height_size_slope'))}",
         f"  centre offset (median, in true widths / heights): x {_f(s['center_offset_x_median'], signed=True)}, "
         f"y {_f(s['center_offset_y_median'], signed=True)}; |offset| median x "
         f"{_f(s['center_offset_abs_x_median'])}, y {_f(s['center_offset_abs_y_median'])}",
