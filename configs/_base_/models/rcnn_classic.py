@@ -11,7 +11,8 @@ model = dict(
     bg_iou=(0.0, 0.5),
     # SVM margins are the scores, unbounded: no threshold. The released code (rcnn_test.m) keeps the
     # 100 best boxes per class and image whatever their score; max_per_image=100 does that here.
-    postprocessor=dict(score_threshold=-1e9, max_per_image=100),
+    # Per-class NMS at IoU 0.3 (rcnn_test.m), whatever the rcnn config it is merged over uses.
+    postprocessor=dict(iou_threshold=0.3, score_threshold=-1e9, max_per_image=100),
     scoring="svm",
     box_regression="ridge",
     svm_layer="fc7",
