@@ -42,6 +42,7 @@ import numpy as np
 
 from detkit.evaluation.base import ImageRecord
 from detkit.evaluation.coco import _category_ids, coco_detections, coco_ground_truth, run_cocoeval
+from detkit.evaluation.voc import _pairwise_iou
 
 __all__ = ["box_fit_diagnostics", "format_diagnostics", "SIZE_EDGES", "COUNT_EDGES"]
 
@@ -100,7 +101,7 @@ def _quantiles(values: np.ndarray, prefix: str) -> dict:
 
 def _fit_stats(pairs_gt: np.ndarray, pairs_det: np.ndarray, best_iou: np.ndarray) -> dict:
     """IoU, size ratio and centre offset of matched (ground truth, detection) pairs ``[n, 4]`` each."""
-    ious = np.diag(_iou(pairs_det, pairs_gt)) if len(pairs_gt) else np.zeros(0)
+    ious = _pairwise_iou(pairs_det, pairs_gt, pixel_offset=0.0)  # row by row, not an n x n matrix
     gw, gh = pairs_gt[:, 2] - pairs_gt[:, 0], pairs_gt[:, 3] - pairs_gt[:, 1]
     dw, dh = pairs_det[:, 2] - pairs_det[:, 0], pairs_det[:, 3] - pairs_det[:, 1]
     dx = ((pairs_det[:, 0] + pairs_det[:, 2]) - (pairs_gt[:, 0] + pairs_gt[:, 2])) / 2 / gw
