@@ -99,8 +99,21 @@ def _quantiles(values: np.ndarray, prefix: str) -> dict:
     return {f"{prefix}_median": float(median), f"{prefix}_q1": float(q1), f"{prefix}_q3": float(q3)}
 
 
-def _fit_stats(pairs_gt: np.ndarray, pairs_det: np.ndarray, best_iou: np.ndarray) -> dict:
-    """IoU, size ratio and centre offset of matched (ground truth, detection) pairs ``[n, 4]`` each."""
+def _log_slope(true: np.ndarray, pred: np.ndarray) -> float | None:
+    """Least-squares slope of ``log pred`` on ``log true`` (None: under 3 usable pairs or no spread)."""
+    ok = (true > 0) & (pred > 0) & np.isfinite(true) & np.isfinite(pred)
+    if ok.sum() < 3:
+        return None
+    x, y = np.log(true[ok]), np.log(pred[ok])
+    var = float(np.var(x))
+    if var < 1e-12:
+        return None
+    return float(np.mean((x - x.mean()) * (y - y.mean())) / var)
+
+
+def _fit_stats(pairs_gt: np.ndarray, pairs_det: np.ndarray, best_iou: np.ndarray, image_wh: np.ndarray) -> dict:
+    """IoU, size ratio, size slope and centre offset of matched (ground truth, detection) pairs ``[n, 4]``
+    each; ``image_wh`` ``[n, 2]``: each pair's image width and height (NaN when unknown)."""
     ious = _pairwise_iou(pairs_det, pairs_gt, pixel_offset=0.0)  # row by row, not an n x n matrix
     gw, gh = pairs_gt[:, 2] - pairs_gt[:, 0], pairs_gt[:, 3] - pairs_gt[:, 1]
     dw, dh = pairs_det[:, 2] - pairs_det[:, 0], pairs_det[:, 3] - pairs_det[:, 1]
@@ -112,24 +125,14 @@ def _fit_stats(pairs_gt: np.ndarray, pairs_det: np.ndarray, best_iou: np.ndarray
     out["iou_ge_75"] = float((ious >= 0.75).mean()) if ious.size else None
     out.update(_quantiles(dw / gw, "width_ratio"))
     out.update(_quantiles(dh / gh, "height_ratio"))
+    out["width_size_slope"] = _log_slope(gw / image_wh[:, 0], dw / image_wh[:, 0])
+    out["height_size_slope"] = _log_slope(gh / image_wh[:, 1], dh / image_wh[:, 1])
     out.update(_quantiles(dx, "center_offset_x"))
     out.update(_quantiles(dy, "center_offset_y"))
     out["center_offset_abs_x_median"] = float(np.median(np.abs(dx))) if dx.size else None
     out["center_offset_abs_y_median"] = float(np.median(np.abs(dy))) if dy.size else None
     out.update(_quantiles(best_iou, "best_iou"))
     return out
-
-
-def _log_slope(true: np.ndarray, pred: np.ndarray) -> float | None:
-    """Least-squares slope of ``log pred`` on ``log true`` (None: under 3 usable pairs or no spread)."""
-    ok = (true > 0) & (pred > 0) & np.isfinite(true) & np.isfinite(pred)
-    if ok.sum() < 3:
-        return None
-    x, y = np.log(true[ok]), np.log(pred[ok])
-    var = float(np.var(x))
-    if var < 1e-12:
-        return None
-    return float(np.mean((x - x.mean()) * (y - y.mean())) / var)
 
 
 def _bin_label(lo, hi, integer: bool) -> str:
@@ -211,11 +214,8 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
     }
     for key in ("localization_misses", "class_confusions", "missed"):
         summary[f"{key}_fraction"] = outcome[key] / num_gt if num_gt else None
-    summary.update(_fit_stats(pairs_gt, pairs_det, np.asarray(best, np.float64)))
-    wh = np.asarray(pair_image_wh, np.float64).reshape(-1, 2)
-    for key, lo, hi, side in (("width_size_slope", 0, 2, 0), ("height_size_slope", 1, 3, 1)):
-        summary[key] = _log_slope((pairs_gt[:, hi] - pairs_gt[:, lo]) / wh[:, side],
-                                  (pairs_det[:, hi] - pairs_det[:, lo]) / wh[:, side])
+    summary.update(_fit_stats(pairs_gt, pairs_det, np.asarray(best, np.float64),
+                              np.asarray(pair_image_wh, np.float64).reshape(-1, 2)))
 
     # AP by object size: COCOeval on per-image unit-area coordinates, one area range per bin
     sized = [_scaled(r, image_sizes[r.image_id]) for r in records if image_sizes.get(r.image_id)]
