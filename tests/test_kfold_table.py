@@ -65,13 +65,13 @@ def test_a_row_shows_mean_and_std_of_its_folds(tool, tmp_path, monkeypatch):
     assert tool.read_section("kfold-yolov1", readme) == table + "\n"
 
 
-def _record(tool, tmp_path, name, coco_ap: dict, folds=5):
+def _record(tool, tmp_path, name, coco_ap: dict, folds=5, baseline=None):
     results = [{"fold": k, "metrics": {"coco_ap": v}, "diagnostics": {}, "train_seconds": 60.0}
                for k, v in coco_ap.items()]
     run = tmp_path / name
     run.mkdir()
     (run / "summary.json").write_text(json.dumps(summarize_folds(results, folds=folds, seed=0, num_images=200)))
-    tool.add(name, run, name)
+    tool.add(name, run, name, baseline=baseline)
 
 
 def test_partial_rows_say_which_folds_and_compare_on_common_folds_only(tool, tmp_path, monkeypatch):
@@ -90,6 +90,23 @@ def test_partial_rows_say_which_folds_and_compare_on_common_folds_only(tool, tmp
     assert cells[1][4] == "0.450"  # one fold: no spread to show
     # paired: lever - base on fold 0 = +0.05; full - base on folds 0, 1, 2 = mean(0, -0.09, 0.32)
     assert [c[-2] for c in cells] == ["", "+0.050 (fold 0)", "+0.077 (folds 0, 1, 2)", "no common fold"]
+
+
+def test_a_row_with_a_baseline_is_compared_with_that_row(tool, tmp_path, monkeypatch):
+    """A lever tried on top of an earlier one (``add --vs``) is differenced against that row, and the
+    cell names it; a baseline that has no record is said, not silently replaced by the first row."""
+    monkeypatch.setattr(tool, "RECORDS", tmp_path / "records")
+    monkeypatch.setitem(tool.TABLES, "yolov1", ["base", "nms", "lever", "orphan"])
+    _record(tool, tmp_path, "base", {0: 0.40, 1: 0.50})
+    _record(tool, tmp_path, "nms", {0: 0.42, 1: 0.51})
+    _record(tool, tmp_path, "lever", {0: 0.46, 1: 0.53}, baseline="nms")
+    _record(tool, tmp_path, "orphan", {0: 0.46}, baseline="gone")
+    assert tool.main(["add", "cli", str(tmp_path / "lever"), "--label", "x", "--vs", "nms"]) == 0
+    assert json.loads((tmp_path / "records" / "cli.json").read_text())["baseline"] == "nms"
+    rows = tool.render_table("yolov1", tool.load_records(tmp_path / "records")).splitlines()[2:]
+    deltas = [[c.strip() for c in row.split("|")[1:-1]][-2] for row in rows]
+    # lever - nms: mean(+0.04, +0.02) = +0.030 (against base it would be +0.045)
+    assert deltas == ["", "+0.015 (folds 0, 1)", "vs `nms`: +0.030 (folds 0, 1)", "baseline `gone` not recorded"]
 
 
 def test_add_fills_the_commit_of_a_summary_written_outside_a_checkout(tool, tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ not committed. Each table lists its rows in the order of :data:`TABLES` and goes
 ``<!-- kfold-<table>:start -->`` and ``<!-- kfold-<table>:end -->`` in README.md
 (``tests/test_kfold_table.py`` checks the README matches). A listed row without a record shows as
 not measured; an experiment with fewer folds than planned says so in its ``folds`` cell, with the
-folds it covers; ``Δ COCO AP`` compares each row with the table's first on the folds both have.
+folds it covers; ``Δ COCO AP`` compares each row with the table's first on the folds both have, or
+with the row its record names as ``baseline`` (``add --vs``: a lever tried on top of an earlier one).
 """
 
 from __future__ import annotations
@@ -57,9 +58,17 @@ def _folds_cell(record: dict) -> str:
     return f"{len(done)}/{total} partial (fold{'s' if len(done) > 1 else ''} {', '.join(map(str, done))})"
 
 
-def _paired_delta(record: dict, reference: dict | None, key: str = PAIRED_KEY) -> str:
+def _paired_delta(record: dict, reference: dict | None, key: str = PAIRED_KEY,
+                  records: dict[str, dict] | None = None) -> str:
     """Mean per-fold difference from the reference row on the folds both have (a paired comparison:
-    the spread between folds, larger than most levers' effect, cancels)."""
+    the spread between folds, larger than most levers' effect, cancels). A record naming a
+    ``baseline`` is compared with that row instead, and the cell says so."""
+    prefix = ""
+    baseline = record.get("baseline")
+    if baseline is not None:
+        if records is None or baseline not in records:
+            return f"baseline `{baseline}` not recorded"
+        reference, prefix = records[baseline], f"vs `{baseline}`: "
     if reference is None or record is reference:
         return ""
     mine = dict(zip(record["folds_done"], record["metrics"][key]["values"]))
@@ -68,14 +77,14 @@ def _paired_delta(record: dict, reference: dict | None, key: str = PAIRED_KEY) -
     if not common:
         return "no common fold"
     delta = sum(mine[k] - theirs[k] for k in common) / len(common)
-    return f"{delta:+.3f} (fold{'s' if len(common) > 1 else ''} {', '.join(map(str, common))})"
+    return f"{prefix}{delta:+.3f} (fold{'s' if len(common) > 1 else ''} {', '.join(map(str, common))})"
 
 
 def render_table(table: str, records: dict[str, dict]) -> str:
     """One table: a row per record of ``TABLES[table]``, mean ± sample std over its folds, and the
     paired COCO AP difference from the first row on the folds both have."""
     titles = [t for _, t in COLUMNS] + [t for _, t in DIAGNOSTICS]
-    lines = ["| run | change | folds | " + " | ".join(titles) + " | Δ COCO AP vs first row | min / fold |",
+    lines = ["| run | change | folds | " + " | ".join(titles) + " | Δ COCO AP (paired; vs first row unless named) | min / fold |",
              "|---|---|---|" + "---|" * len(titles) + "---|---|"]
     names = TABLES[table]
     reference = records.get(names[0]) if names else None
@@ -88,21 +97,23 @@ def render_table(table: str, records: dict[str, dict]) -> str:
         cells += [_cell(record["diagnostics"].get(key), 2) for key, _ in DIAGNOSTICS]
         minutes = record["train_minutes"]["mean"]
         lines.append(f"| `{name}` | {record['label']} | {_folds_cell(record)} | " + " | ".join(cells)
-                     + f" | {_paired_delta(record, reference)} | {minutes:.0f} |")
+                     + f" | {_paired_delta(record, reference, records=records)} | {minutes:.0f} |")
     return "\n".join(lines)
 
 
-def add(name: str, run_dir: Path, label: str, git: str | None = None) -> Path:
+def add(name: str, run_dir: Path, label: str, git: str | None = None, baseline: str | None = None) -> Path:
     """Copy ``run_dir/summary.json`` into ``docs/results/kfold/<name>.json`` with its label. ``git``:
     the commit whose code trained the run, for a summary written outside a git checkout (its ``git``
-    is null then); a summary that knows its commit keeps it."""
+    is null then); a summary that knows its commit keeps it. ``baseline``: the record this run
+    changes one thing of, when that is not the table's first row."""
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     if git is not None:
         if summary.get("git") not in (None, git):
             raise SystemExit(f"{run_dir}/summary.json says it was written by commit {summary['git']}, not {git}")
         summary["git"] = git
     path = RECORDS / f"{name}.json"
-    write_record(path, {"label": label, **summary})
+    extra = {} if baseline is None else {"baseline": baseline}
+    write_record(path, {"label": label, **extra, **summary})
     return path
 
 
@@ -123,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     adder.add_argument("--label", required=True, help="what this run changes (shown in the table)")
     adder.add_argument("--git", default=None, help="the commit that trained the run, when its summary was "
                        "written by a copy of the code outside a git checkout (summary 'git' is null)")
+    adder.add_argument("--vs", default=None, metavar="NAME", help="the record this run changes one thing "
+                       "of, for the paired difference (default: the table's first row)")
     parser.add_argument("--check", action="store_true", help="only compare (exit 1 if the README differs)")
     args = parser.parse_args(argv)
     if args.cmd == "add":
-        print(f"wrote {add(args.name, args.run_dir, args.label, args.git)}")
+        print(f"wrote {add(args.name, args.run_dir, args.label, args.git, args.vs)}")
         return 0
     if args.check:
         same = render_all(check=True)
