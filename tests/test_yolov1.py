@@ -114,6 +114,54 @@ def test_sigmoid_head_is_the_linear_head_followed_by_sigmoid_and_softmax(mode):
     torch.testing.assert_close(sigmoid(x), expected)
 
 
+@pytest.mark.parametrize("mode", ["fc", "conv"])
+def test_linear_sizes_leave_only_sqrt_w_h_raw_and_start_at_the_sigmoids_value(mode):
+    torch.manual_seed(0)
+    kwargs = dict(in_channels=8, num_classes=3, grid_size=3, num_boxes=2, mode=mode, hidden_dim=32,
+                  conv_channels=8, dropout=0.0)
+    linear = YOLOv1Head(activation="linear", **kwargs).eval()
+    mixed = YOLOv1Head(size_activation="linear", **kwargs).eval()
+    # freshly built, every size output starts at 0.5 (= sigmoid(0)), whatever the input
+    last = mixed.predictor[-1] if mode == "fc" else mixed.predictor
+    nn.init.zeros_(last.weight)
+    start = mixed(torch.randn(2, 8, 6, 6)).view(2, 3, 3, -1)[..., :10].unflatten(-1, (2, 5))
+    torch.testing.assert_close(start[..., 2:4], torch.full_like(start[..., 2:4], 0.5))
+    torch.testing.assert_close(start[..., [0, 1, 4]], torch.full_like(start[..., [0, 1, 4]], 0.5))
+
+    mixed.load_state_dict(linear.state_dict())
+    x = torch.randn(2, 8, 6, 6)
+    raw = linear(x)
+    out = mixed(x)
+    size = torch.zeros(13, dtype=torch.bool)
+    size[[2, 3, 7, 8]] = True  # sqrt(w), sqrt(h) of predictors 0 and 1
+    torch.testing.assert_close(out[..., size], raw[..., size])
+    torch.testing.assert_close(out[..., :10][..., ~size[:10]], raw[..., :10][..., ~size[:10]].sigmoid())
+    torch.testing.assert_close(out[..., 10:], raw[..., 10:].softmax(-1))
+    with pytest.raises(ValueError, match="size_activation='sigmoid' needs activation='sigmoid'"):
+        YOLOv1Head(activation="linear", size_activation="sigmoid", **kwargs)
+    with pytest.raises(ValueError, match="size_activation must be None or one of"):
+        YOLOv1Head(size_activation="exp", **kwargs)
+
+
+def test_linear_sizes_learn_a_large_box_faster_than_the_sigmoid():
+    """The reason for size_activation='linear': a box almost as tall as the image (sqrt h = 0.98) sits
+    where the sigmoid is flat, so the same steps bring the linear size much closer to it."""
+    errors = {}
+    for size_activation in ("sigmoid", "linear"):
+        torch.manual_seed(0)
+        head = YOLOv1Head(in_channels=4, num_classes=1, grid_size=1, num_boxes=1, mode="conv", num_convs=0,
+                          size_activation=size_activation)
+        x = torch.randn(1, 4, 1, 1)
+        opt = torch.optim.SGD(head.parameters(), lr=0.1)
+        for _ in range(20):
+            opt.zero_grad()
+            loss = (head(x)[0, 0, 0, 3] - 0.98).square()
+            loss.backward()
+            opt.step()
+        errors[size_activation] = abs(head(x)[0, 0, 0, 3].item() - 0.98)
+    assert errors["linear"] < 0.01 < errors["sigmoid"]
+
+
 def test_fc_head_has_the_papers_layers_and_every_cell_sees_the_whole_image():
     head = YOLOv1Head(in_channels=4, num_classes=20, grid_size=7, num_boxes=2, mode="fc",
                       hidden_dim=4096, dropout=0.5, num_convs=0).eval()

@@ -23,6 +23,12 @@ Output activation (``activation=``):
   stable on short CPU schedules (no exploding early predictions, no negative sizes).
 * ``"linear"``: the paper's linear final layer; the raw values are the predictions above.
 
+``size_activation="linear"`` keeps the sigmoid on ``x, y, conf`` but leaves ``sqrt(w), sqrt(h)``
+linear (as in the paper). Why: objects that fill most of the image have ``sqrt(h)`` near 1, where the
+sigmoid is flat (its slope is 0.04 at 0.96 and 0.01 at 0.99, against 0.25 at 0.5), so the squared
+error on their size barely moves the weights and large boxes stay too small (a size slope below 1 in
+``detkit eval``'s box-fit diagnostics). The linear size outputs start at 0.5, where the sigmoid starts.
+
 Either way the head returns predictions in the parametrisation above, so the loss
 (:class:`detkit.models.losses.yolov1_loss.YOLOv1Loss`) and the decoder need not know which was used.
 
@@ -76,6 +82,8 @@ class YOLOv1Head(nn.Module):
             ``(1, 2, 1, 1)``.
         norm: batch norm after each conv (YOLOv2 added it; the paper had none).
         activation: ``"sigmoid"`` or ``"linear"``; see the module docstring.
+        size_activation: the activation of ``sqrt(w), sqrt(h)`` only (``None``: ``activation``'s);
+            ``"linear"`` under a ``"sigmoid"`` head is the fix for large objects described above.
         negative_slope: slope of the LeakyReLU activations (0.1 in the paper).
     """
 
@@ -94,12 +102,18 @@ class YOLOv1Head(nn.Module):
         norm: bool = True,
         activation: str = "sigmoid",
         negative_slope: float = 0.1,
+        size_activation: str | None = None,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if size_activation is not None and size_activation not in ACTIVATIONS:
+            raise ValueError(f"size_activation must be None or one of {ACTIVATIONS}, got {size_activation!r}")
+        if activation == "linear" and size_activation == "sigmoid":
+            raise ValueError("size_activation='sigmoid' needs activation='sigmoid' (a linear head has no "
+                             "sigmoid to keep on its sizes)")
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("grid_size", grid_size), ("num_boxes", num_boxes),
                             ("hidden_dim", hidden_dim), ("conv_channels", conv_channels)):
@@ -122,6 +136,7 @@ class YOLOv1Head(nn.Module):
         self.num_boxes = num_boxes
         self.mode = mode
         self.activation = activation
+        self.size_activation = activation if size_activation is None else size_activation
         self.cell_dim = num_boxes * 5 + num_classes
 
         layers: list[nn.Module] = []
@@ -160,6 +175,12 @@ class YOLOv1Head(nn.Module):
         last = self.predictor[-1] if isinstance(self.predictor, nn.Sequential) else self.predictor
         nn.init.normal_(last.weight, std=0.01)
         nn.init.zeros_(last.bias)
+        if self.activation == "sigmoid" and self.size_activation == "linear":
+            # start the linear sizes where the sigmoid ones start (sigmoid(0) = 0.5), not at empty boxes
+            # (the fc predictor's bias holds one cell_dim block per cell, the conv one a single block)
+            with torch.no_grad():
+                cells = last.bias.view(-1, self.cell_dim)[:, : self.num_boxes * 5]
+                cells.view(-1, self.num_boxes, 5)[..., 2:4] = 0.5
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 4 or features.shape[1] != self.in_channels:
@@ -179,6 +200,10 @@ class YOLOv1Head(nn.Module):
         if self.activation == "linear":
             return grid.contiguous()
         split = self.num_boxes * 5
+        if self.size_activation == "linear":
+            per_box = grid[..., :split].unflatten(-1, (self.num_boxes, 5))
+            boxes = torch.cat((per_box[..., :2].sigmoid(), per_box[..., 2:4], per_box[..., 4:].sigmoid()), dim=-1)
+            return torch.cat((boxes.flatten(-2), grid[..., split:].softmax(-1)), dim=-1)
         return torch.cat((grid[..., :split].sigmoid(), grid[..., split:].softmax(-1)), dim=-1)
 
     def decode(self, predictions: torch.Tensor, image_size: tuple[int, int]):
