@@ -33,7 +33,7 @@ RECORDS = REPO / "docs" / "results" / "kfold"
 TABLES = {
     "yolov1": ["yolov1_lite0", "yolov1_lite0_ema", "yolov1_lite0_nms06", "yolov1_lite0_nms07",
                "yolov1_lite0_score0001", "yolov1_lite0_s10_b8_ema"],
-    "rcnn": ["rcnn_lite0", "rcnn_lite0_nms05"],
+    "rcnn": ["rcnn_lite0", "rcnn_lite0_nms05", "rcnn_lite0_nms06", "rcnn_lite0_nms07"],
 }
 COLUMNS = (("voc07_ap50", "VOC07 AP50"), ("coco_ap", "COCO AP"), ("coco_ap50", "AP50"), ("coco_ap75", "AP75"),
            ("coco_ar100", "AR100"))
