@@ -496,6 +496,70 @@ def test_postprocessor_validates_shapes_and_config():
             BatchedNMS(**bad)
 
 
+def voting_reference(det, cand_boxes, cand_scores, cand_labels, merge_iou):
+    """Box voting written out box by box: each kept box -> the score-weighted mean of the same-class
+    candidates whose IoU with it is above merge_iou."""
+    voted = []
+    for box, label in zip(det["boxes"].tolist(), det["labels"].tolist()):
+        num, den = [0.0] * 4, 0.0
+        for cand, score, lab in zip(cand_boxes.tolist(), cand_scores.tolist(), cand_labels.tolist()):
+            iw = max(0.0, min(box[2], cand[2]) - max(box[0], cand[0]))
+            ih = max(0.0, min(box[3], cand[3]) - max(box[1], cand[1]))
+            inter = iw * ih
+            union = (box[2] - box[0]) * (box[3] - box[1]) + (cand[2] - cand[0]) * (cand[3] - cand[1]) - inter
+            if lab == label and inter / union > merge_iou:
+                num = [a + score * c for a, c in zip(num, cand)]
+                den += score
+        voted.append([a / den for a in num])
+    return torch.tensor(voted, dtype=torch.float64).reshape(-1, 4)
+
+
+def test_box_voting_hand_computed():
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]]])
+    scores = torch.tensor([[[0.9, 0.0], [0.6, 0.0], [0.8, 0.0], [0.0, 0.7]]])
+    det = BatchedNMS(iou_threshold=0.5, score_threshold=0.01, merge_iou=0.5)(boxes, scores)[0]
+    # box 0 (IoU 0.68 with box 1): (0.9 * 0 + 0.6 * 1) / 1.5 = 0.4; box 2 alone; box 3 is class 1,
+    # so it neither votes for box 0 nor is moved by it
+    torch.testing.assert_close(det["boxes"], torch.tensor([[0.4, 0.4, 10.4, 10.4], [50, 50, 60, 60],
+                                                          [0, 0, 10, 10]]))
+    assert det["labels"].tolist() == [0, 0, 1] and det["scores"].tolist() == pytest.approx([0.9, 0.8, 0.7])
+    # merge_iou 0.7: box 1 no longer votes; the boxes are NMS's
+    det = BatchedNMS(iou_threshold=0.5, score_threshold=0.01, merge_iou=0.7)(boxes, scores)[0]
+    assert det["boxes"][0].tolist() == [0, 0, 10, 10]
+    with pytest.raises(ConfigError, match="merge_iou"):
+        BatchedNMS(merge_iou=1.5)
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_box_voting_matches_a_box_by_box_reference(class_specific, postprocessor_ops):
+    boxes, scores = yolo_like(4, 40, 3, seed=7, class_specific=class_specific)
+    post = BatchedNMS(iou_threshold=0.4, score_threshold=0.05, merge_iou=0.3, max_per_image=10)
+    plain = BatchedNMS(iou_threshold=0.4, score_threshold=0.05, max_per_image=10)
+    voted, kept = post(boxes, scores), plain(boxes, scores)
+    moved = 0
+    for i in range(4):
+        # the same detections as plain NMS (scores, labels, order); only the boxes move
+        assert torch.equal(voted[i]["scores"], kept[i]["scores"])
+        assert torch.equal(voted[i]["labels"], kept[i]["labels"])
+        rows, labels = (scores[i] > 0.05).nonzero(as_tuple=True)
+        cand = boxes[i][rows, labels] if class_specific else boxes[i][rows]
+        expected = voting_reference(kept[i], cand.double(), scores[i][rows, labels].double(), labels, 0.3)
+        torch.testing.assert_close(voted[i]["boxes"].double(), expected, rtol=1e-5, atol=1e-4)
+        moved += int((voted[i]["boxes"] != kept[i]["boxes"]).any(dim=1).sum())
+    assert moved > 5  # the case has overlapping same-class candidates to vote
+
+
+def test_jit_trace_with_box_voting_matches_eager():
+    post = BatchedNMS(max_per_image=20, merge_iou=0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(_Postprocess(post), yolo_like(2, 30, 3, seed=41), check_trace=False)
+    boxes, scores = yolo_like(2, 60, 3, seed=42)
+    for got, want in zip(_unflatten(traced(boxes, scores)), post(boxes, scores)):
+        torch.testing.assert_close(got["boxes"], want["boxes"])
+        assert torch.equal(got["scores"], want["scores"]) and torch.equal(got["labels"], want["labels"])
+
+
 def test_postprocessor_is_built_from_the_registry():
     post = registry.build("postprocessors", dict(type="batched_nms", iou_threshold=0.3, max_per_image=10))
     assert isinstance(post, BatchedNMS)

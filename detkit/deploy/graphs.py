@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from detkit.errors import ConfigError
 from detkit.ops.nms import batched_nms
-from detkit.ops.postprocess import BatchedNMS
+from detkit.ops.postprocess import BatchedNMS, vote_boxes
 
 __all__ = ["PaddedBatchedNMS", "DetectorGraph", "YOLOv1Graph", "RCNNGraph", "NMS_OUTPUTS", "build_graph"]
 
@@ -48,8 +48,9 @@ class PaddedBatchedNMS(nn.Module):
     """
 
     def __init__(self, score_threshold: float, iou_threshold: float, max_per_image: int,
-                 pre_nms_topk: int | None = None, class_agnostic: bool = False):
+                 pre_nms_topk: int | None = None, class_agnostic: bool = False, merge_iou: float | None = None):
         super().__init__()
+        self.merge_iou = merge_iou
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.max_per_image = int(max_per_image)
@@ -66,7 +67,7 @@ class PaddedBatchedNMS(nn.Module):
             raise ConfigError("model.postprocessor.max_per_image: an exported graph needs a fixed number of "
                               "detections per image; set it (e.g. --max-det 100)")
         return cls(postprocessor.score_threshold, postprocessor.iou_threshold, postprocessor.max_per_image,
-                   postprocessor.pre_nms_topk, postprocessor.class_agnostic)
+                   postprocessor.pre_nms_topk, postprocessor.class_agnostic, postprocessor.merge_iou)
 
     def forward(self, boxes: Tensor, scores: Tensor, image_of_row: Tensor, num_images):
         """``boxes`` ``[R, 4]`` (shared) or ``[R, C, 4]`` (per class), ``scores`` ``[R, C]``,
@@ -95,7 +96,13 @@ class PaddedBatchedNMS(nn.Module):
         valid = top_scores > _EMPTY
         top_index = torch.where(valid, top_index, torch.zeros_like(top_index))
         top_rows, top_labels = top_index // num_classes, top_index % num_classes
-        if boxes.dim() == 3:
+        if self.merge_iou is not None:
+            # voted boxes belong to kept candidates: a [N, width, 4] table at the same positions as dense
+            voted = vote_boxes(cand_boxes, cand_scores, groups, keep, self.merge_iou)
+            table = torch.zeros((num_images * width, 4), dtype=voted.dtype, device=voted.device)
+            table = table.index_put((images[keep] * width + candidates[keep],), voted)
+            top_boxes = table.reshape(-1, width, 4).gather(1, top_index[..., None].expand(-1, -1, 4))
+        elif boxes.dim() == 3:
             top_boxes = boxes[top_rows, top_labels]
         else:
             top_boxes = boxes[top_rows]

@@ -25,10 +25,11 @@ import torch
 from torch import Tensor
 
 from detkit.errors import ConfigError
+from detkit.ops.boxes import box_iou
 from detkit.ops.nms import batched_nms, exporting
 from detkit.ops.nms_dense import descending_key_numpy, numpy_path
 
-__all__ = ["PostprocessorInput", "normalise_batch", "BatchedNMS"]
+__all__ = ["PostprocessorInput", "normalise_batch", "BatchedNMS", "vote_boxes"]
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class BatchedNMS:
         max_per_image: int | None = 100,
         pre_nms_topk: int | None = None,
         class_agnostic: bool = False,
+        merge_iou: float | None = None,
     ):
         if not 0.0 <= float(iou_threshold) <= 1.0:
             raise ConfigError(f"BatchedNMS: iou_threshold must be in [0, 1], got {iou_threshold}")
@@ -180,12 +182,15 @@ class BatchedNMS:
         self.max_per_image = max_per_image
         self.pre_nms_topk = pre_nms_topk
         self.class_agnostic = bool(class_agnostic)
+        if merge_iou is not None and not 0.0 <= float(merge_iou) <= 1.0:
+            raise ConfigError(f"BatchedNMS: merge_iou must be in [0, 1] or None, got {merge_iou}")
+        self.merge_iou = None if merge_iou is None else float(merge_iou)
 
     def __repr__(self) -> str:
         return (
             f"BatchedNMS(iou_threshold={self.iou_threshold}, score_threshold={self.score_threshold}, "
             f"max_per_image={self.max_per_image}, pre_nms_topk={self.pre_nms_topk}, "
-            f"class_agnostic={self.class_agnostic})"
+            f"class_agnostic={self.class_agnostic}, merge_iou={self.merge_iou})"
         )
 
     def __call__(self, boxes, scores) -> list[dict[str, Tensor]]:
@@ -219,9 +224,13 @@ class BatchedNMS:
         # ``keep`` is by descending score; regroup it by image (stably: score order within images).
         keep = keep[_first_per_image(ops, images[keep], num_images, self.max_per_image)]
         counts = ops.bincount(images[keep], num_images).tolist()
+        kept_boxes = cand_boxes[keep]
+        if self.merge_iou is not None:
+            kept_boxes = ops.array(vote_boxes(ops.tensor(cand_boxes), ops.tensor(cand_scores), ops.tensor(groups),
+                                              ops.tensor(keep), self.merge_iou))
         return [
             {"boxes": ops.tensor(b), "scores": ops.tensor(s), "labels": ops.tensor(lab)}
-            for b, s, lab in zip(ops.split(cand_boxes[keep], counts), ops.split(cand_scores[keep], counts),
+            for b, s, lab in zip(ops.split(kept_boxes, counts), ops.split(cand_scores[keep], counts),
                                  ops.split(labels[keep], counts))
         ]
 
@@ -242,7 +251,24 @@ class BatchedNMS:
         keep = keep[torch.sort(cand_scores[keep], descending=True, stable=True).indices]
         if self.max_per_image is not None:
             keep = keep[: self.max_per_image]
-        return {"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": labels[keep]}
+        kept_boxes = cand_boxes[keep]
+        if self.merge_iou is not None:
+            kept_boxes = vote_boxes(cand_boxes, cand_scores, groups, keep, self.merge_iou)
+        return {"boxes": kept_boxes, "scores": cand_scores[keep], "labels": labels[keep]}
+
+
+def vote_boxes(boxes: Tensor, scores: Tensor, groups: Tensor, keep: Tensor, merge_iou: float) -> Tensor:
+    """Box voting (Gidaris & Komodakis 2015; ultralytics' ``merge=True`` NMS): each kept box becomes
+    the score-weighted mean of the candidates of its group (image and class) that overlap it by IoU
+    ``> merge_iou``, itself included. NMS keeps the best-scored box of a cluster, whose corners are
+    noisy; its neighbours found the same object and average that noise out. ``[K, 4]``, in ``keep``'s
+    order; a kept box whose weights sum to 0 (scores of 0, an empty box) stays as it was."""
+    kept = boxes[keep]  # no early return for K = 0: traced graphs must not branch on a size
+    near = (box_iou(kept.float(), boxes.float()) > merge_iou) & (groups[keep][:, None] == groups[None, :])
+    weights = near.to(scores.dtype) * scores[None, :]
+    total = weights.sum(dim=1, keepdim=True)
+    merged = (weights @ boxes.to(weights.dtype)) / total.clamp(min=torch.finfo(weights.dtype).tiny)
+    return torch.where(total > 0, merged, kept.to(merged.dtype)).to(boxes.dtype)
 
 
 def _first_per_image(ops, images, num_images: int, k: int | None):
