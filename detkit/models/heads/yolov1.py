@@ -24,10 +24,13 @@ Output activation (``activation=``):
 * ``"linear"``: the paper's linear final layer; the raw values are the predictions above.
 
 ``size_activation="linear"`` keeps the sigmoid on ``x, y, conf`` but leaves ``sqrt(w), sqrt(h)``
-linear (as in the paper). Why: objects that fill most of the image have ``sqrt(h)`` near 1, where the
-sigmoid is flat (its slope is 0.04 at 0.96 and 0.01 at 0.99, against 0.25 at 0.5), so the squared
-error on their size barely moves the weights and large boxes stay too small (a size slope below 1 in
-``detkit eval``'s box-fit diagnostics). The linear size outputs start at 0.5, where the sigmoid starts.
+linear (as in the paper); the linear size outputs start at 0.5, where the sigmoid starts. The idea:
+objects that fill most of the image have ``sqrt(h)`` near 1, where the sigmoid is flat (slope 0.04 at
+0.96, 0.01 at 0.99, against 0.25 at 0.5), so their size error barely moves the weights. Measured on
+raccoon folds (README "Judging a recipe") it trained worse, not better (higher training loss on every
+fold, xy included), likely because AdamW moves every weight by about the learning rate whatever the
+sigmoid's slope, so the unsquashed outputs moved more and shook the shared features. The sigmoid
+stays the default.
 
 Either way the head returns predictions in the parametrisation above, so the loss
 (:class:`detkit.models.losses.yolov1_loss.YOLOv1Loss`) and the decoder need not know which was used.
@@ -83,7 +86,7 @@ class YOLOv1Head(nn.Module):
         norm: batch norm after each conv (YOLOv2 added it; the paper had none).
         activation: ``"sigmoid"`` or ``"linear"``; see the module docstring.
         size_activation: the activation of ``sqrt(w), sqrt(h)`` only (``None``: ``activation``'s);
-            ``"linear"`` under a ``"sigmoid"`` head is the fix for large objects described above.
+            ``"linear"`` under a ``"sigmoid"`` head: see the module docstring.
         negative_slope: slope of the LeakyReLU activations (0.1 in the paper).
     """
 
