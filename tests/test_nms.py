@@ -533,6 +533,7 @@ def test_box_voting_hand_computed():
 @pytest.mark.parametrize("class_specific", [False, True])
 def test_box_voting_matches_a_box_by_box_reference(class_specific, postprocessor_ops):
     boxes, scores = yolo_like(4, 40, 3, seed=7, class_specific=class_specific)
+    scores[2] = 0.0  # an image with nothing to keep between images that have (voting goes image by image)
     post = BatchedNMS(iou_threshold=0.4, score_threshold=0.05, merge_iou=0.3, max_per_image=10)
     plain = BatchedNMS(iou_threshold=0.4, score_threshold=0.05, max_per_image=10)
     voted, kept = post(boxes, scores), plain(boxes, scores)
@@ -546,6 +547,7 @@ def test_box_voting_matches_a_box_by_box_reference(class_specific, postprocessor
         expected = voting_reference(kept[i], cand.double(), scores[i][rows, labels].double(), labels, 0.3)
         torch.testing.assert_close(voted[i]["boxes"].double(), expected, rtol=1e-5, atol=1e-4)
         moved += int((voted[i]["boxes"] != kept[i]["boxes"]).any(dim=1).sum())
+    assert len(voted[2]["boxes"]) == 0 and all(len(voted[i]["boxes"]) for i in (0, 1, 3))
     assert moved > 5  # the case has overlapping same-class candidates to vote
 
 

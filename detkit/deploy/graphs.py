@@ -42,7 +42,8 @@ class PaddedBatchedNMS(nn.Module):
     The same steps and the same result: candidates with ``score > score_threshold``, optionally the
     ``pre_nms_topk`` best per image, greedy NMS per (image, class) -- or per image when
     ``class_agnostic`` -- then the best ``max_per_image`` per image, by descending score (equal
-    scores: lower row, then lower class, as the eager postprocessor orders them). Written with
+    scores: lower row, then lower class, as the eager postprocessor orders them), with box voting
+    when ``merge_iou`` is set. Written with
     torch operations whose sizes a trace or an export records symbolically (``nonzero``, ``topk``,
     scatter), so one graph serves every batch size and number of rows.
     """
@@ -50,12 +51,12 @@ class PaddedBatchedNMS(nn.Module):
     def __init__(self, score_threshold: float, iou_threshold: float, max_per_image: int,
                  pre_nms_topk: int | None = None, class_agnostic: bool = False, merge_iou: float | None = None):
         super().__init__()
-        self.merge_iou = merge_iou
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.max_per_image = int(max_per_image)
         self.pre_nms_topk = pre_nms_topk
         self.class_agnostic = bool(class_agnostic)
+        self.merge_iou = None if merge_iou is None else float(merge_iou)
 
     @classmethod
     def from_postprocessor(cls, postprocessor) -> PaddedBatchedNMS:
