@@ -3,7 +3,11 @@
 #   detkit train configs/yolov1_raccoon_lite0.py
 _base_ = ["_base_/models/yolov1_lite0.py", "_base_/datasets/raccoon.py", "_base_/schedules/adamw_cosine.py"]
 
-image_size = 320
+# 224 px and 60 epochs instead of 320 px and 30 (about the same compute: 0.49x the pixels, twice the
+# steps): on 5 raccoon folds COCO AP 0.455 -> 0.513 and AP75 0.390 -> 0.543, better on every fold
+# (docs/results/kfold/yolov1_lite0_224_60ep.json). At 224 px Lite0's stride-32 map is 7x7, one
+# feature per grid cell; the size regression was under-fitted at 300 steps.
+image_size = 224
 
 model = dict(
     backbone=dict(frozen_stages=1),
@@ -20,6 +24,7 @@ data = dict(
     val=dict(transforms=dict(size=image_size)),
 )
 train = dict(
+    epochs=60,
     optimizer=dict(weight_decay=1e-4),
     scheduler=dict(warmup_epochs=2, min_lr_factor=0.02),
 )
