@@ -65,10 +65,12 @@ def _train(kind: str, shapes: Path, out: Path, extra=()) -> Path:
 @pytest.fixture(scope="module")
 def yolo(shapes, tmp_path_factory):
     # score_threshold 0.05 and room for every detection: no candidate is cut at max_per_image, where
-    # near-equal scores could fall either side in two runtimes.
+    # near-equal scores could fall either side in two runtimes. Box voting on (as the raccoon recipe
+    # has it), so every YOLOv1 export below is compared with voting in its graph or its runtime.
     return _train("yolov1", shapes, tmp_path_factory.mktemp("yolo"), [
         "model.head.grid_size=8", "data.train.transforms.preset=None", "train.epochs=6", "train.optimizer.lr=0.003",
-        "model.postprocessor.score_threshold=0.05", "model.postprocessor.max_per_image=300"])
+        "model.postprocessor.score_threshold=0.05", "model.postprocessor.max_per_image=300",
+        "+model.postprocessor.merge_iou=0.6"])
 
 
 @pytest.fixture(scope="module")
@@ -367,8 +369,8 @@ def test_export_metadata_holds_the_runtime_contract(exports, yolo):
     assert props["input_size"] == [64, 64] and props["resize"] == "stretch" and props["pad_value"] == 114
     assert props["mean"] == pytest.approx([0.485, 0.456, 0.406]) and props["std"] == pytest.approx([0.229, 0.224, 0.225])
     post = config["model"]["postprocessor"]
-    assert (props["score_threshold"], props["iou_threshold"], props["max_detections"]) == \
-        (post["score_threshold"], post["iou_threshold"], post["max_per_image"])
+    assert (props["score_threshold"], props["iou_threshold"], props["max_detections"], props["merge_iou"]) == \
+        (post["score_threshold"], post["iou_threshold"], post["max_per_image"], 0.6)
     assert props["nms"] is True and props["dynamic_batch"] is True and props["detector"] == "yolov1"
     assert props["outputs"] == ["boxes", "scores", "labels", "num_detections"] and props["config"] == config
 
@@ -376,6 +378,12 @@ def test_export_metadata_holds_the_runtime_contract(exports, yolo):
     torch.jit.load(str(exports["rcnn", "torchscript"]), _extra_files=extra)
     info = json.loads(extra[INFO_FILE])
     assert info["inputs"] == ["images", "rois"] and info["detector"] == "rcnn"
+    assert info["merge_iou"] is None  # no voting in the R-CNN config
+    # Files exported before merge_iou was recorded (no such key) still load, as "no voting".
+    from detkit.deploy.metadata import DeployInfo
+
+    raw = {p.key: p.value for p in onnx.load(str(exports["yolov1", "onnx"])).metadata_props if p.key != "merge_iou"}
+    assert DeployInfo.from_strings(raw, "old.onnx").merge_iou is None
     assert info["proposals"]["max_proposals"] == 150 and info["proposals"]["config"]["type"] == "sliding_window"
     assert json.loads(props["detkit_format"] if isinstance(props["detkit_format"], str) else "1") == 1
 
@@ -410,6 +418,20 @@ def test_fixed_batch_and_raw_candidate_exports(exports, yolo, val_images):
     some = Predictor(yolo, device="cpu", conf=0.1)(val_images)
     assert 0 < sum(len(r) for r in some) < sum(len(r) for r in reference)
     assert_same_detections(Predictor(exports["yolov1", "onnx"], device="cpu", conf=0.1)(val_images), some)
+    # ... and conf only filters: with box voting, a threshold raised to conf before NMS would vote
+    # with fewer candidates and move the boxes (the graph above votes with all of them).
+    assert_same_detections(some, [r.filter(0.1) for r in reference])
+    assert_same_detections(Predictor(exports["yolov1", "onnx-raw"], device="cpu", conf=0.1)(val_images), some)
+
+
+def test_conf_lowers_but_never_raises_the_threshold_of_a_filtering_caller():
+    from detkit.deploy.backends import postprocessor_overrides
+
+    cfg = {"model": {"postprocessor": {"type": "batched_nms", "score_threshold": 0.01, "merge_iou": 0.6}}}
+    post = lambda conf, **kw: postprocessor_overrides(cfg, conf, **kw)["model"]["postprocessor"]["score_threshold"]
+    assert post(0.25, conf_is_filter=True) == 0.01 and post(0.001, conf_is_filter=True) == 0.001
+    assert post(0.25) == 0.25  # export's --conf: the graph's own threshold
+    assert cfg["model"]["postprocessor"]["score_threshold"] == 0.01  # the input is not modified
 
 
 @pytest.mark.parametrize("detector", ["yolov1", "rcnn", "rcnn_classic"])

@@ -71,16 +71,26 @@ def model_kind(path: str | os.PathLike) -> str:
     return "checkpoint"
 
 
-def postprocessor_overrides(cfg: Mapping, conf=None, iou=None, max_det=None) -> dict:
+def postprocessor_overrides(cfg: Mapping, conf=None, iou=None, max_det=None, *, conf_is_filter: bool = False) -> dict:
     """``cfg`` with ``--conf`` / ``--iou`` / ``--max-det`` written into ``model.postprocessor``, where they
     reach the postprocessor by name. A config without a postprocessor takes ``conf`` only (applied to
-    the final detections by the caller)."""
+    the final detections by the caller).
+
+    ``conf_is_filter``: the caller drops detections under ``conf`` afterwards (``Predictor``), so
+    ``conf`` only lowers the config's score threshold, never raises it. Raising it would remove
+    candidates before NMS, and with box voting (``merge_iou``) those candidates move the kept boxes:
+    ``detkit infer --conf 0.25`` would then draw other boxes than ``detkit eval`` scores and than an
+    exported graph (NMS inside, then ``conf``) returns. Without voting both ways give the same
+    detections (a box under the threshold never suppresses one above it).
+    """
     cfg = copy.deepcopy(dict(cfg))
     post = cfg.get("model", {}).get("postprocessor")
     if not isinstance(post, dict):
         if any(v is not None for v in (iou, max_det)):
             raise ConfigError("model.postprocessor: the config has none, so --iou/--max-det cannot apply")
         return cfg
+    if conf_is_filter and conf is not None and isinstance(post.get("score_threshold"), (int, float)):
+        conf = min(float(conf), float(post["score_threshold"]))
     for key, value in (("score_threshold", conf), ("iou_threshold", iou), ("max_per_image", max_det)):
         if value is not None:
             post[key] = value
@@ -89,13 +99,15 @@ def postprocessor_overrides(cfg: Mapping, conf=None, iou=None, max_det=None) -> 
 
 def load_model(path: str | os.PathLike, config=None, *, device=None, conf: float | None = None,
                iou: float | None = None, max_det: int | None = None, unsafe_load: bool = False,
-               overrides: Sequence[str] = (), threads: int | None = None) -> LoadedModel:
+               overrides: Sequence[str] = (), threads: int | None = None, conf_is_filter: bool = False) -> LoadedModel:
     """Load ``path`` (see the module docstring) on ``device`` (default: CUDA if available).
 
     ``config`` (a path or dict) replaces a checkpoint's stored config; exported files carry their own
     and take none. ``conf`` / ``iou`` / ``max_det`` set the postprocessor's score threshold, IoU and
     detections per image where it runs in Python; a graph with NMS inside has them fixed at export,
     so a different ``iou`` / ``max_det`` is an error there (``conf`` still filters its detections).
+    ``conf_is_filter``: the caller filters by ``conf`` itself, so ``conf`` only lowers the score
+    threshold (see :func:`postprocessor_overrides`).
     ``threads``: ONNX Runtime's intra-op threads (default: one per physical core).
     """
     from detkit.device import select_device
@@ -107,7 +119,8 @@ def load_model(path: str | os.PathLike, config=None, *, device=None, conf: float
         from detkit.deploy.loading import load_detector
 
         loaded = load_detector(path, config, overrides=overrides, unsafe_load=unsafe_load,
-                               model_overrides=lambda cfg: postprocessor_overrides(cfg, conf, iou, max_det))
+                               model_overrides=lambda cfg: postprocessor_overrides(
+                                   cfg, conf, iou, max_det, conf_is_filter=conf_is_filter))
         return LoadedModel(loaded.model.to(device), loaded.cfg, loaded.class_names, kind, path,
                            checkpoint=loaded.checkpoint)
     if config is not None:
@@ -117,7 +130,8 @@ def load_model(path: str | os.PathLike, config=None, *, device=None, conf: float
         raise CheckpointError(f"model file not found: {path}")
     runner = OnnxRunner(path, device, threads) if kind == "onnx" else TorchScriptRunner(path, device)
     info = runner.info
-    model = ExportedDetector(info, runner, device, conf=conf, iou=iou, max_det=max_det, source=path.name)
+    model = ExportedDetector(info, runner, device, conf=conf, iou=iou, max_det=max_det, source=path.name,
+                             conf_is_filter=conf_is_filter)
     return LoadedModel(model, copy.deepcopy(info.config), tuple(info.names), kind, path, info=info)
 
 
@@ -199,7 +213,7 @@ class ExportedDetector(nn.Module):
     """
 
     def __init__(self, info: DeployInfo, runner, device: torch.device, *, conf=None, iou=None, max_det=None,
-                 source: str = "model"):
+                 source: str = "model", conf_is_filter: bool = False):
         super().__init__()
         from detkit import registry
 
@@ -215,7 +229,7 @@ class ExportedDetector(nn.Module):
                     raise ConfigError(f"{source}: NMS is inside the graph with {name} {fixed}; re-export with "
                                       f"{name} {value}, or export with --no-nms")
         else:
-            model_cfg = postprocessor_overrides(info.config, conf, iou, max_det)["model"]
+            model_cfg = postprocessor_overrides(info.config, conf, iou, max_det, conf_is_filter=conf_is_filter)["model"]
             self.postprocessor = registry.build("postprocessors", model_cfg["postprocessor"], path="model.postprocessor")
         if "rois" in info.inputs:  # the R-CNN family (rcnn, rcnn_classic): proposals are computed here
             from detkit.models.detectors.rcnn import RegionProposals

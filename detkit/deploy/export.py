@@ -137,6 +137,7 @@ def _deploy_info(model, graph, cfg, size, dynamic_batch: bool) -> DeployInfo:
         nms=graph.nms is not None, score_threshold=float(getattr(post, "score_threshold", 0.0)),
         iou_threshold=float(getattr(post, "iou_threshold", 0.0)),
         max_detections=getattr(post, "max_per_image", None), class_agnostic=bool(getattr(post, "class_agnostic", False)),
+        merge_iou=None if getattr(post, "merge_iou", None) is None else float(post.merge_iou),
         dynamic_batch=dynamic_batch, inputs=inputs, outputs=list(graph.output_names), config=json.loads(json.dumps(cfg)),
         proposals=proposals, detkit_version=str(__version__), torch_version=str(torch.__version__))
 

@@ -12,7 +12,8 @@ Keys (:class:`DeployInfo`): ``detkit_format`` (version of this contract), ``dete
 ``min(H / h, W / w)``, pad centred with ``pad_value``), ``pad_value``, ``input`` (the graph takes float32
 ``[N, 3, H, W]`` RGB in 0..1 and normalises itself with ``mean`` / ``std``, recorded for reference),
 ``nms`` (whether NMS is in the graph), ``score_threshold`` / ``iou_threshold`` / ``max_detections`` /
-``class_agnostic`` (the postprocessor's values), ``dynamic_batch``, ``inputs`` / ``outputs`` (names, see
+``class_agnostic`` / ``merge_iou`` (the postprocessor's values; ``merge_iou`` is the box-voting IoU,
+``null`` without voting; a graph with NMS inside votes already), ``dynamic_batch``, ``inputs`` / ``outputs`` (names, see
 :mod:`detkit.deploy.graphs`), ``proposals`` (R-CNN: the generator config, ``min_size`` and
 ``max_proposals`` the runtime applies before the graph), ``precision`` and ``config`` (the resolved
 detkit config), ``detkit_version``, ``torch_version``.
@@ -56,6 +57,8 @@ class DeployInfo:
     outputs: list[str]
     config: dict
     proposals: dict | None = None
+    # None for no box voting; optional so that files exported before it was recorded still load
+    merge_iou: float | None = None
     precision: str = "float32"
     input: str = INPUT_CONTRACT
     detkit_version: str = ""

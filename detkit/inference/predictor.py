@@ -47,7 +47,9 @@ class Predictor:
 
     ``Predictor(model_file)`` or ``Predictor(config, checkpoint)`` (a config path or dict, e.g. to
     change the input size). ``conf`` (default 0.25, as ``detkit infer``) drops detections scoring
-    below it -- ``None`` keeps what the model's postprocessor returns; ``iou`` and ``max_det``
+    below it -- ``None`` keeps what the model's postprocessor returns; it filters the detections the
+    model computes with its own (lower, mAP's) score threshold and does not change them, so with box
+    voting the boxes are those ``detkit eval`` scores; ``iou`` and ``max_det``
     override the postprocessor's NMS IoU and detections per image (see
     :func:`detkit.deploy.backends.load_model`). ``unsafe_load=True`` allows checkpoints that need
     pickle (only files you trust); ``overrides`` are ``--set`` items applied to the config;
@@ -69,7 +71,8 @@ class Predictor:
         else:
             config = model
         loaded = load_model(checkpoint, config, device=device, conf=conf, iou=iou, max_det=max_det,
-                            unsafe_load=unsafe_load, overrides=overrides, threads=threads)
+                            unsafe_load=unsafe_load, overrides=overrides, threads=threads,
+                            conf_is_filter=True)  # Result.filter(conf) below
         self.loaded = loaded
         self.model = loaded.model
         self.cfg = loaded.cfg

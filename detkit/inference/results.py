@@ -60,7 +60,9 @@ class Result:
         (the postprocessor's) and ``--classes``. Taking the best ``max_det`` of a longer list by score
         equals a postprocessor run with ``max_per_image=max_det``, and a score threshold equals one
         applied before NMS (a lower-scoring box never suppresses a higher one), so ``detkit serve``
-        runs a batch once with its loosest settings and filters per request with this."""
+        runs a batch once with its loosest settings and filters per request with this. (With box
+        voting, ``merge_iou``, a threshold before NMS would also move the kept boxes; detkit never
+        applies ``conf`` there, so filtering is what every runtime does.)"""
         keep = torch.argsort(self.scores, descending=True, stable=True)
         if conf is not None:
             keep = keep[self.scores[keep] >= conf]
