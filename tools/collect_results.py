@@ -53,11 +53,12 @@ RECIPES = [
     ("yolov1_shapes", "work_dirs/yolov1_shapes", "`make demo`",
      "synthetic shapes, 480 train / 120 val, 112 px, S=14"),
     ("yolov1_raccoon_lite0", "work_dirs/yolov1_raccoon_lite0",
-     "`detkit train configs/yolov1_raccoon_lite0.py`", "raccoon, 160 train / 40 val, 320 px"),
+     "`detkit train configs/yolov1_raccoon_lite0.py`", "raccoon, 160 train / 40 val, 224 px"),
     ("yolov1_raccoon_resnet18", "work_dirs/yolov1_raccoon_resnet18",
-     "`detkit train configs/yolov1_raccoon_resnet18.py`", "same, from scratch"),
+     "`detkit train configs/yolov1_raccoon_resnet18.py`",
+     "same, from scratch (run with the earlier config: 320 px, 30 epochs)"),
     ("rcnn_raccoon_lite0", "work_dirs/rcnn_raccoon_lite0",
-     "`detkit train configs/rcnn_raccoon_lite0.py`", "same, selective search"),
+     "`detkit train configs/rcnn_raccoon_lite0.py`", "same, 320 px, selective search"),
     # the pre-training comparison (`make pretrain-demo`): the same recipe, two initial backbones
     ("yolov1_shapes_resnet18_scratch", "work_dirs/yolov1_shapes_resnet18_scratch",
      "`detkit train configs/yolov1_shapes_resnet18.py`", "synthetic shapes as `yolov1_shapes`; ResNet-18 "
