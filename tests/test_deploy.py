@@ -361,7 +361,7 @@ def test_stripped_checkpoint_is_small_and_loads_everywhere(yolo, shapes, val_ima
 def test_export_metadata_holds_the_runtime_contract(exports, yolo):
     import onnx
 
-    from detkit.deploy.metadata import INFO_FILE
+    from detkit.deploy.metadata import INFO_FILE, DeployInfo
 
     props = {p.key: json.loads(p.value) for p in onnx.load(str(exports["yolov1", "onnx"])).metadata_props}
     config = load_checkpoint(yolo)["config"]
@@ -369,8 +369,8 @@ def test_export_metadata_holds_the_runtime_contract(exports, yolo):
     assert props["input_size"] == [64, 64] and props["resize"] == "stretch" and props["pad_value"] == 114
     assert props["mean"] == pytest.approx([0.485, 0.456, 0.406]) and props["std"] == pytest.approx([0.229, 0.224, 0.225])
     post = config["model"]["postprocessor"]
-    assert (props["score_threshold"], props["iou_threshold"], props["max_detections"], props["merge_iou"]) == \
-        (post["score_threshold"], post["iou_threshold"], post["max_per_image"], 0.6)
+    assert (props["score_threshold"], props["iou_threshold"], props["max_detections"],
+            props["merge_iou"]) == (post["score_threshold"], post["iou_threshold"], post["max_per_image"], 0.6)
     assert props["nms"] is True and props["dynamic_batch"] is True and props["detector"] == "yolov1"
     assert props["outputs"] == ["boxes", "scores", "labels", "num_detections"] and props["config"] == config
 
@@ -380,8 +380,6 @@ def test_export_metadata_holds_the_runtime_contract(exports, yolo):
     assert info["inputs"] == ["images", "rois"] and info["detector"] == "rcnn"
     assert info["merge_iou"] is None  # no voting in the R-CNN config
     # Files exported before merge_iou was recorded (no such key) still load, as "no voting".
-    from detkit.deploy.metadata import DeployInfo
-
     raw = {p.key: p.value for p in onnx.load(str(exports["yolov1", "onnx"])).metadata_props if p.key != "merge_iou"}
     assert DeployInfo.from_strings(raw, "old.onnx").merge_iou is None
     assert info["proposals"]["max_proposals"] == 150 and info["proposals"]["config"]["type"] == "sliding_window"

@@ -229,7 +229,8 @@ class ExportedDetector(nn.Module):
                     raise ConfigError(f"{source}: NMS is inside the graph with {name} {fixed}; re-export with "
                                       f"{name} {value}, or export with --no-nms")
         else:
-            model_cfg = postprocessor_overrides(info.config, conf, iou, max_det, conf_is_filter=conf_is_filter)["model"]
+            model_cfg = postprocessor_overrides(info.config, conf, iou, max_det,
+                                                conf_is_filter=conf_is_filter)["model"]
             self.postprocessor = registry.build("postprocessors", model_cfg["postprocessor"], path="model.postprocessor")
         if "rois" in info.inputs:  # the R-CNN family (rcnn, rcnn_classic): proposals are computed here
             from detkit.models.detectors.rcnn import RegionProposals

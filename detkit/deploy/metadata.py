@@ -13,9 +13,9 @@ Keys (:class:`DeployInfo`): ``detkit_format`` (version of this contract), ``dete
 ``[N, 3, H, W]`` RGB in 0..1 and normalises itself with ``mean`` / ``std``, recorded for reference),
 ``nms`` (whether NMS is in the graph), ``score_threshold`` / ``iou_threshold`` / ``max_detections`` /
 ``class_agnostic`` / ``merge_iou`` (the postprocessor's values; ``merge_iou`` is the box-voting IoU,
-``null`` without voting; a graph with NMS inside votes already), ``dynamic_batch``, ``inputs`` / ``outputs`` (names, see
-:mod:`detkit.deploy.graphs`), ``proposals`` (R-CNN: the generator config, ``min_size`` and
-``max_proposals`` the runtime applies before the graph), ``precision`` and ``config`` (the resolved
+``null`` without voting; a graph with NMS inside votes already), ``dynamic_batch``, ``inputs`` /
+``outputs`` (names, see :mod:`detkit.deploy.graphs`), ``proposals`` (R-CNN: the generator config,
+``min_size`` and ``max_proposals`` the runtime applies before the graph), ``precision`` and ``config`` (the resolved
 detkit config), ``detkit_version``, ``torch_version``.
 """
 
