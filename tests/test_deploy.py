@@ -10,6 +10,7 @@ must give the checkpoint's mAP within 0.001; batch 1 and batch 8 must agree.
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -430,6 +431,18 @@ def test_conf_lowers_but_never_raises_the_threshold_of_a_filtering_caller():
     assert post(0.25, conf_is_filter=True) == 0.01 and post(0.001, conf_is_filter=True) == 0.001
     assert post(0.25) == 0.25  # export's --conf: the graph's own threshold
     assert cfg["model"]["postprocessor"]["score_threshold"] == 0.01  # the input is not modified
+    # A config that leaves the threshold to the class default is not raised either (BatchedNMS: 0.05,
+    # the soft_nms plugin's: 0.001, read from their signatures); an unknown type is left for the build.
+    from detkit.registry import get
+
+    for name in ("batched_nms", "soft_nms"):
+        default = inspect.signature(get("postprocessors", name)).parameters["score_threshold"].default
+        bare = {"model": {"postprocessor": {"type": name}}}
+        assert postprocessor_overrides(bare, 0.5, conf_is_filter=True)["model"]["postprocessor"]["score_threshold"] \
+            == default < 0.5
+        assert postprocessor_overrides(bare, 0.5)["model"]["postprocessor"]["score_threshold"] == 0.5
+    unknown = {"model": {"postprocessor": {"type": "no_such_postprocessor"}}}
+    assert "score_threshold" not in postprocessor_overrides(unknown, 0.5, conf_is_filter=True)["model"]["postprocessor"]
 
 
 @pytest.mark.parametrize("detector", ["yolov1", "rcnn", "rcnn_classic"])

@@ -19,6 +19,7 @@ generator computes them here, exactly as the eager detector does.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import warnings
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit.deploy.metadata import INFO_FILE, DeployInfo
-from detkit.errors import CheckpointError, ConfigError
+from detkit.errors import CheckpointError, ConfigError, DetkitError
 
 __all__ = ["LoadedModel", "load_model", "model_kind", "ExportedDetector", "onnxruntime_or_hint",
            "postprocessor_overrides"]
@@ -89,12 +90,35 @@ def postprocessor_overrides(cfg: Mapping, conf=None, iou=None, max_det=None, *, 
         if any(v is not None for v in (iou, max_det)):
             raise ConfigError("model.postprocessor: the config has none, so --iou/--max-det cannot apply")
         return cfg
-    if conf_is_filter and conf is not None and isinstance(post.get("score_threshold"), (int, float)):
-        conf = min(float(conf), float(post["score_threshold"]))
+    if conf_is_filter and conf is not None:
+        threshold = _built_score_threshold(post)
+        # No threshold the postprocessor would apply (none known): the caller's filter is all of conf.
+        conf = None if threshold is None else min(float(conf), threshold)
     for key, value in (("score_threshold", conf), ("iou_threshold", iou), ("max_per_image", max_det)):
         if value is not None:
             post[key] = value
     return cfg
+
+
+def _built_score_threshold(post: Mapping) -> float | None:
+    """The score threshold the postprocessor of config ``post`` is built with: the config's value,
+    else its class's default (``BatchedNMS``: 0.05), so a config that leaves it out is not raised to
+    ``conf`` either. ``None`` when the postprocessor takes no ``score_threshold`` or its type is unknown
+    (building the model reports that)."""
+    value = post.get("score_threshold")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    from detkit.registry import get
+
+    try:
+        factory = get("postprocessors", post.get("type"))
+        param = inspect.signature(factory).parameters.get("score_threshold")
+    except (DetkitError, TypeError, ValueError):  # an unknown type: building the model says so
+        return None
+    default = None if param is None else param.default
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        return float(default)
+    return None
 
 
 def load_model(path: str | os.PathLike, config=None, *, device=None, conf: float | None = None,
