@@ -157,6 +157,18 @@ def test_mosaic_is_repeatable_from_the_seed():
     assert np.array_equal(a[0].numpy(), b[0].numpy()) and np.array_equal(a[1]["boxes"], b[1]["boxes"])
 
 
+def test_mosaic_runs_before_the_preset_and_every_other_step():
+    # The three other images Mosaic adds are raw, so the preset must scale/shift/flip the whole
+    # mosaic, not the first image alone.
+    import albumentations as A
+
+    t = build_transforms(dict(size=64, preset="yolov1", augment=[
+        dict(type="HorizontalFlip", p=0.5), dict(type="Mosaic", target_size=(64, 64), cell_shape=(64, 64))]))
+    names = [type(step).__name__ for step in t.augmentation.transforms]
+    assert names == ["Mosaic", "Affine", "RandomHSVGain", "HorizontalFlip", "HorizontalFlip"]
+    assert isinstance(t.augmentation.transforms[0], A.Mosaic) and t.mosaic_extra == 3
+
+
 def test_named_augmentations_are_checked_like_albumentations_ones():
     from detkit.errors import ConfigError
 

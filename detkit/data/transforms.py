@@ -47,7 +47,8 @@ Augmentations detkit adds to albumentations' (usable by name in ``augment``, lik
 * ``Mosaic`` (albumentations' ``A.Mosaic``, as ultralytics and YOLOX train): a 2x2 grid of this image
   and three others of the same data set, cropped at a random centre. The data set binds itself to
   its transforms (:meth:`DetectionTransforms.bind_dataset`), so the other images, their boxes and
-  labels come from it; each box keeps its own label, ``difficult`` and ``iscrowd``.
+  labels come from it; each box keeps its own label, ``difficult`` and ``iscrowd``. Mosaic runs
+  before every other step (the preset's included), since the images it adds are raw.
 
 Randomness comes from albumentations' own generators (not numpy's global state);
 :meth:`DetectionTransforms.set_random_seed` reseeds them. The data loader's ``worker_init_fn`` calls
@@ -344,6 +345,10 @@ class DetectionTransforms:
             if not isinstance(augment, Sequence) or isinstance(augment, (str, bytes, Mapping)):
                 raise ConfigError(f"{path}.augment: expected a list of dict(type=...), got {augment!r}")
             steps += [build_albumentation(c, f"{path}.augment[{i}]") for i, c in enumerate(augment)]
+        # Mosaic runs first, wherever it is listed: the other images it draws come raw from the data
+        # set, so after the preset's scale/shift/colour/flip it would put one augmented image among
+        # three untouched ones; first, the preset transforms the whole mosaic (as ultralytics does).
+        steps = [m for m in steps if isinstance(m, A.Mosaic)] + [m for m in steps if not isinstance(m, A.Mosaic)]
         # Mosaic draws other images of the data set: how many, and from where (bind_dataset)
         self.mosaic_extra = max((m.grid_yx[0] * m.grid_yx[1] - 1 for m in steps if isinstance(m, A.Mosaic)),
                                 default=0)
