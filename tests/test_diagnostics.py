@@ -147,3 +147,34 @@ def test_detkit_eval_prints_and_writes_the_diagnostics(tmp_path, capsys):
     assert written["summary"]["num_gt"] == 6 and written["summary"]["num_images"] == 6
     assert {row["bin"] for row in written["by_objects_per_image"]} == {"1", "2-3", "4+"}
     assert "box fit (detections scoring >= 0.25" in capsys.readouterr().out
+
+
+def test_a_box_around_two_objects_counts_as_a_group_box():
+    # Two objects side by side; one detection frames both: IoU 200/400 = 0.5 with each (it matches
+    # the first, ties go to the first listed), 1.0 with the box around both, so the second is lost.
+    both = record(1, gt=[[0, 0, 10, 20], [10, 0, 20, 20]], gt_labels=[0, 0],
+                  dets=[[0, 0, 20, 20]], scores=[0.9], det_labels=[0])
+    s = box_fit_diagnostics([both], ["a"], {1: (20, 20)})["summary"]
+    assert (s["matched"], s["group_boxes"], s["grouped_objects"], s["images_with_group_box"]) == (1, 1, 1, 1)
+    assert s["grouped_objects_fraction"] == 0.5
+    assert "group boxes: 1 detection(s) in 1 image(s)" in format_diagnostics(
+        box_fit_diagnostics([both], ["a"], {1: (20, 20)}))
+    not_groups = [
+        # each object boxed on its own
+        record(2, gt=[[0, 0, 10, 20], [10, 0, 20, 20]], gt_labels=[0, 0], dets=[[0, 0, 10, 20], [10, 0, 20, 20]],
+               scores=[0.9, 0.8], det_labels=[0, 0]),
+        # two tiny objects inside a huge box: the box around them (10x10) overlaps it at 100/900 only
+        record(3, gt=[[0, 0, 2, 2], [8, 8, 10, 10]], gt_labels=[0, 0], dets=[[0, 0, 30, 30]], scores=[0.9],
+               det_labels=[0]),
+        # the second object is of another class, or difficult: not part of a group of this class
+        record(4, gt=[[0, 0, 10, 20], [10, 0, 20, 20]], gt_labels=[0, 1], dets=[[0, 0, 20, 20]], scores=[0.9],
+               det_labels=[0]),
+        record(5, gt=[[0, 0, 10, 20], [10, 0, 20, 20]], gt_labels=[0, 0], dets=[[0, 0, 20, 20]], scores=[0.9],
+               det_labels=[0], difficult=[False, True]),
+        # under the score threshold: not a box the user sees
+        record(6, gt=[[0, 0, 10, 20], [10, 0, 20, 20]], gt_labels=[0, 0], dets=[[0, 0, 20, 20]], scores=[0.1],
+               det_labels=[0]),
+    ]
+    s = box_fit_diagnostics(not_groups, ["a", "b"], {})["summary"]
+    assert (s["group_boxes"], s["grouped_objects"], s["images_with_group_box"]) == (0, 0, 0)
+    assert "group boxes" not in format_diagnostics(box_fit_diagnostics(not_groups, ["a", "b"], {}))

@@ -59,7 +59,7 @@ FOLD_RESULT_FILE = "fold_result.json"
 DIAGNOSTIC_KEYS = ("iou_median", "iou_q1", "iou_q3", "iou_ge_75", "width_ratio_median", "height_ratio_median",
                    "width_size_slope", "height_size_slope",
                    "center_offset_abs_x_median", "center_offset_abs_y_median", "recall_at_conf",
-                   "localization_misses_fraction", "missed_fraction")
+                   "localization_misses_fraction", "missed_fraction", "grouped_objects_fraction")
 
 
 def kfold(cfg: Mapping, *, folds: int = 5, seed: int = 0, out=None, config_path=None, device=None,

@@ -31,6 +31,13 @@ numbers say how they miss:
   ignored). Images of unknown size are left out of these rows (counted).
 * **AP by objects per image**: COCO AP / AP50 / AP75 over the images holding 1, 2-3, 4+ (non-ignored)
   objects: groups of objects, where a grid detector loses objects sharing a cell.
+* **Group boxes**: a detection that frames several objects of its class together, as one: at least
+  two same-class objects lie mostly inside it (``GROUP_COVER``: 50% of each object's area), the box
+  around those objects overlaps it at ``iou_match`` or more, and more than it overlaps any one of
+  them. ``group_boxes`` counts them, ``grouped_objects`` the objects inside them left unmatched (lost
+  to the group box), ``images_with_group_box`` the images with one. A detector trained mostly on
+  photos with one large object tends to box a huddle of animals as one animal; the AP-by-count rows
+  show that something is lost in groups, this says how.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ __all__ = ["box_fit_diagnostics", "format_diagnostics", "SIZE_EDGES", "COUNT_EDG
 SIZE_EDGES = (0.0, 0.1, 0.25, 0.5, math.inf)  # sqrt(box area / image area)
 COUNT_EDGES = (1, 2, 4)  # objects per image: 1, 2-3, 4+
 LOCALISATION_IOU = 0.1  # below it a detection has not found the object at all
+GROUP_COVER = 0.5  # share of an object's area inside a detection for it to count as framed by it
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -87,9 +95,32 @@ def _match_image(rec: ImageRecord, score_threshold: float, iou_match: float) -> 
             false_positives += 1
     best_same = np.where(same, iou, 0.0).max(axis=0) if len(det_labels) else np.zeros(len(rec.gt_labels))
     best_other = np.where(~same, iou, 0.0).max(axis=0) if len(det_labels) else np.zeros(len(rec.gt_labels))
+    grouped = _group_boxes(det_boxes, rec.gt_boxes, same & ~ignore[None, :], iou, iou_match)
     return {"det_boxes": det_boxes, "matched_det": matched_det, "ignore": ignore, "best_same": best_same,
             "best_other": best_other, "duplicates": duplicates, "false_positives": false_positives,
-            "num_dets": int(len(det_labels))}
+            "num_dets": int(len(det_labels)), "group_boxes": len(grouped),
+            "in_group_box": np.isin(np.arange(len(rec.gt_labels)), [g for gs in grouped for g in gs])}
+
+
+def _group_boxes(det_boxes: np.ndarray, gt_boxes: np.ndarray, same: np.ndarray, iou: np.ndarray,
+                 iou_match: float) -> list[np.ndarray]:
+    """The ground truth each group box frames (see the module docstring), one array per group box.
+    ``same``: ``[detections, objects]``, the objects of the detection's class that count."""
+    if not len(det_boxes) or not len(gt_boxes):
+        return []
+    lt = np.maximum(det_boxes[:, None, :2], gt_boxes[None, :, :2])
+    rb = np.minimum(det_boxes[:, None, 2:], gt_boxes[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    gt_area = np.prod(np.clip(gt_boxes[:, 2:] - gt_boxes[:, :2], 0, None), axis=1)
+    covered = same & (inter >= GROUP_COVER * np.maximum(gt_area[None, :], 1e-12))
+    groups = []
+    for d in np.flatnonzero(covered.sum(axis=1) >= 2):
+        inside = np.flatnonzero(covered[d])
+        union = np.concatenate([gt_boxes[inside, :2].min(axis=0), gt_boxes[inside, 2:].max(axis=0)])[None]
+        fit = _iou(det_boxes[d:d + 1], union)[0, 0]
+        if fit >= iou_match and fit > iou[d, inside].max():
+            groups.append(inside)
+    return groups
 
 
 def _quantiles(values: np.ndarray, prefix: str) -> dict:
@@ -178,6 +209,7 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
     pairs_gt, pairs_det, best, gt_size, gt_image_count, gt_matched = [], [], [], [], [], []
     pair_image_wh = []  # (width, height) of each matched pair's image, NaN when unknown
     outcome = {"matched": 0, "localization_misses": 0, "class_confusions": 0, "missed": 0}
+    grouped_objects = 0
     for rec, m in zip(records, matches):
         real = ~m["ignore"]
         size = image_sizes.get(rec.image_id)
@@ -196,6 +228,7 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
                 outcome["localization_misses"] += 1
             else:
                 outcome["missed"] += 1
+            grouped_objects += int(d < 0 and m["in_group_box"][g])
             best.append(m["best_same"][g])
             gt_matched.append(d >= 0)
             gt_size.append(sides[g])
@@ -211,9 +244,13 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
         "duplicates": sum(m["duplicates"] for m in matches),
         "false_positives": sum(m["false_positives"] for m in matches),
         "recall_at_conf": outcome["matched"] / num_gt if num_gt else None,
+        "group_boxes": sum(m["group_boxes"] for m in matches),
+        "grouped_objects": grouped_objects,
+        "images_with_group_box": sum(m["group_boxes"] > 0 for m in matches),
     }
-    for key in ("localization_misses", "class_confusions", "missed"):
-        summary[f"{key}_fraction"] = outcome[key] / num_gt if num_gt else None
+    for key, count in (*outcome.items(), ("grouped_objects", grouped_objects)):
+        if key != "matched":
+            summary[f"{key}_fraction"] = count / num_gt if num_gt else None
     summary.update(_fit_stats(pairs_gt, pairs_det, np.asarray(best, np.float64),
                               np.asarray(pair_image_wh, np.float64).reshape(-1, 2)))
 
@@ -249,7 +286,7 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
 
     return {
         "settings": {"score_threshold": score_threshold, "iou_match": iou_match,
-                     "localization_iou": LOCALISATION_IOU, "size_edges": [None if math.isinf(e) else e
+                     "localization_iou": LOCALISATION_IOU, "group_cover": GROUP_COVER, "size_edges": [None if math.isinf(e) else e
                                                                           for e in size_edges],
                      "count_edges": list(count_edges)},
         "summary": summary,
@@ -285,6 +322,9 @@ def format_diagnostics(diag: Mapping) -> str:
         f"y {_f(s['center_offset_y_median'], signed=True)}; |offset| median x "
         f"{_f(s['center_offset_abs_x_median'])}, y {_f(s['center_offset_abs_y_median'])}",
     ]
+    if s.get("group_boxes"):
+        lines.append(f"  group boxes: {s['group_boxes']} detection(s) in {s['images_with_group_box']} image(s) frame "
+                     f"2+ objects together as one; {s['grouped_objects']} object(s) inside them unmatched")
     for title, key, count in (("by object size, sqrt(box area / image area)", "by_size", "num_gt"),
                               ("by objects per image", "by_objects_per_image", "num_images")):
         parts = [f"{row['bin']}: {row[count]} {'objects' if count == 'num_gt' else 'images'}, AP "
