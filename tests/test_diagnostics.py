@@ -154,11 +154,11 @@ def test_a_box_around_two_objects_counts_as_a_group_box():
     # the first, ties go to the first listed), 1.0 with the box around both, so the second is lost.
     both = record(1, gt=[[0, 0, 10, 20], [10, 0, 20, 20]], gt_labels=[0, 0],
                   dets=[[0, 0, 20, 20]], scores=[0.9], det_labels=[0])
-    s = box_fit_diagnostics([both], ["a"], {1: (20, 20)})["summary"]
+    diag = box_fit_diagnostics([both], ["a"], {1: (20, 20)})
+    s = diag["summary"]
     assert (s["matched"], s["group_boxes"], s["grouped_objects"], s["images_with_group_box"]) == (1, 1, 1, 1)
     assert s["grouped_objects_fraction"] == 0.5
-    assert "group boxes: 1 detection(s) in 1 image(s)" in format_diagnostics(
-        box_fit_diagnostics([both], ["a"], {1: (20, 20)}))
+    assert "group boxes: 1 detection(s) in 1 image(s)" in format_diagnostics(diag)
     not_groups = [
         # each object boxed on its own
         record(2, gt=[[0, 0, 10, 20], [10, 0, 20, 20]], gt_labels=[0, 0], dets=[[0, 0, 10, 20], [10, 0, 20, 20]],
@@ -175,6 +175,7 @@ def test_a_box_around_two_objects_counts_as_a_group_box():
         record(6, gt=[[0, 0, 10, 20], [10, 0, 20, 20]], gt_labels=[0, 0], dets=[[0, 0, 20, 20]], scores=[0.1],
                det_labels=[0]),
     ]
-    s = box_fit_diagnostics(not_groups, ["a", "b"], {})["summary"]
+    diag = box_fit_diagnostics(not_groups, ["a", "b"], {})
+    s = diag["summary"]
     assert (s["group_boxes"], s["grouped_objects"], s["images_with_group_box"]) == (0, 0, 0)
-    assert "group boxes" not in format_diagnostics(box_fit_diagnostics(not_groups, ["a", "b"], {}))
+    assert "group boxes" not in format_diagnostics(diag)

@@ -105,9 +105,11 @@ def _built_score_threshold(post: Mapping) -> float | None:
     else its class's default (``BatchedNMS``: 0.05), so a config that leaves it out is not raised to
     ``conf`` either. ``None`` when the postprocessor takes no ``score_threshold`` or its type is unknown
     (building the model reports that)."""
-    value = post.get("score_threshold")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    def number(value) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    if (stated := number(post.get("score_threshold"))) is not None:
+        return stated
     from detkit.registry import get
 
     try:
@@ -115,10 +117,7 @@ def _built_score_threshold(post: Mapping) -> float | None:
         param = inspect.signature(factory).parameters.get("score_threshold")
     except (DetkitError, TypeError, ValueError):  # an unknown type: building the model says so
         return None
-    default = None if param is None else param.default
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        return float(default)
-    return None
+    return None if param is None else number(param.default)
 
 
 def load_model(path: str | os.PathLike, config=None, *, device=None, conf: float | None = None,

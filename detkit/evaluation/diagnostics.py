@@ -59,14 +59,21 @@ LOCALISATION_IOU = 0.1  # below it a detection has not found the object at all
 GROUP_COVER = 0.5  # share of an object's area inside a detection for it to count as framed by it
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``[len(a), len(b)]`` of xyxy boxes (0 where the union is empty)."""
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection areas ``[len(a), len(b)]`` of xyxy boxes."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
+    return np.prod(np.clip(rb - lt, 0, None), axis=2)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``[len(a), len(b)]`` of xyxy boxes (0 where the union is empty)."""
+    inter = _intersection(a, b)
+    union = _area(a)[:, None] + _area(b)[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
@@ -108,11 +115,8 @@ def _group_boxes(det_boxes: np.ndarray, gt_boxes: np.ndarray, same: np.ndarray, 
     ``same``: ``[detections, objects]``, the objects of the detection's class that count."""
     if not len(det_boxes) or not len(gt_boxes):
         return []
-    lt = np.maximum(det_boxes[:, None, :2], gt_boxes[None, :, :2])
-    rb = np.minimum(det_boxes[:, None, 2:], gt_boxes[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    gt_area = np.prod(np.clip(gt_boxes[:, 2:] - gt_boxes[:, :2], 0, None), axis=1)
-    covered = same & (inter >= GROUP_COVER * np.maximum(gt_area[None, :], 1e-12))
+    gt_area = np.maximum(_area(gt_boxes), 1e-12)
+    covered = same & (_intersection(det_boxes, gt_boxes) >= GROUP_COVER * gt_area[None, :])
     groups = []
     for d in np.flatnonzero(covered.sum(axis=1) >= 2):
         inside = np.flatnonzero(covered[d])
@@ -248,9 +252,9 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
         "grouped_objects": grouped_objects,
         "images_with_group_box": sum(m["group_boxes"] > 0 for m in matches),
     }
-    for key, count in (*outcome.items(), ("grouped_objects", grouped_objects)):
-        if key != "matched":
-            summary[f"{key}_fraction"] = count / num_gt if num_gt else None
+    counts = {**outcome, "grouped_objects": grouped_objects}
+    for key in ("localization_misses", "class_confusions", "missed", "grouped_objects"):
+        summary[f"{key}_fraction"] = counts[key] / num_gt if num_gt else None
     summary.update(_fit_stats(pairs_gt, pairs_det, np.asarray(best, np.float64),
                               np.asarray(pair_image_wh, np.float64).reshape(-1, 2)))
 
@@ -286,8 +290,8 @@ def box_fit_diagnostics(records: Sequence[ImageRecord], class_names: Sequence[st
 
     return {
         "settings": {"score_threshold": score_threshold, "iou_match": iou_match,
-                     "localization_iou": LOCALISATION_IOU, "group_cover": GROUP_COVER, "size_edges": [None if math.isinf(e) else e
-                                                                          for e in size_edges],
+                     "localization_iou": LOCALISATION_IOU, "group_cover": GROUP_COVER,
+                     "size_edges": [None if math.isinf(e) else e for e in size_edges],
                      "count_edges": list(count_edges)},
         "summary": summary,
         "by_size": by_size,
