@@ -91,13 +91,19 @@ def postprocessor_overrides(cfg: Mapping, conf=None, iou=None, max_det=None, *, 
             raise ConfigError("model.postprocessor: the config has none, so --iou/--max-det cannot apply")
         return cfg
     if conf_is_filter and conf is not None:
-        threshold = _built_score_threshold(post)
-        # No threshold the postprocessor would apply (none known): the caller's filter is all of conf.
-        conf = None if threshold is None else min(float(conf), threshold)
+        conf = score_floor(_built_score_threshold(post), conf)
     for key, value in (("score_threshold", conf), ("iou_threshold", iou), ("max_per_image", max_det)):
         if value is not None:
             post[key] = value
     return cfg
+
+
+def score_floor(threshold: float | None, conf: float) -> float | None:
+    """The score threshold a postprocessor built with ``threshold`` runs with when its caller filters
+    the detections by ``conf`` afterwards: ``conf`` lowers it and never raises it (see
+    :func:`postprocessor_overrides`). ``None`` (no threshold known) stays ``None``: the caller's
+    filter is then all of ``conf``. One rule for ``detkit infer`` / ``eval`` and ``detkit serve``."""
+    return None if threshold is None else min(float(conf), float(threshold))
 
 
 def _built_score_threshold(post: Mapping) -> float | None:

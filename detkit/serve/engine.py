@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detkit.deploy.backends import score_floor
 from detkit.errors import ConfigError, DataError
 from detkit.inference import DEFAULT_CONF
 
@@ -134,7 +135,7 @@ class Engine:
         else:
             self.default_iou = getattr(post, "iou_threshold", None)
             self.default_max_det = getattr(post, "max_per_image", None)
-            self.floor = min(getattr(post, "score_threshold", 0.0), conf)
+            self.floor = score_floor(getattr(post, "score_threshold", 0.0), conf)
             # The settings a request may change, by the names postprocessor_overrides writes too.
             self._post_cfg = dict(self.predictor.cfg["model"]["postprocessor"])
             self._post_keys = {key for key in ("score_threshold", "iou_threshold") if hasattr(post, key)}
