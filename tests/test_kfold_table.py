@@ -120,3 +120,27 @@ def test_add_fills_the_commit_of_a_summary_written_outside_a_checkout(tool, tmp_
     with pytest.raises(SystemExit, match="written by commit 75c7db2, not cf10f3c"):
         tool.add("b", run, "b", git="cf10f3c")
     assert json.loads(tool.add("c", run, "c").read_text())["git"] == "75c7db2"
+
+
+def test_a_variant_row_takes_that_variants_metrics_from_the_summary(tool, tmp_path, monkeypatch):
+    """The classic R-CNN's k-fold summary holds softmax / SVM / SVM + box regression scores of the
+    same folds; ``add --variant`` makes one of them a row (without the final model's diagnostics)."""
+    monkeypatch.setattr(tool, "RECORDS", tmp_path / "records")
+    monkeypatch.setitem(tool.TABLES, "rcnn_classic", ["full", "softmax"])
+    results = [{"fold": k, "metrics": {"coco_ap": full}, "diagnostics": {"iou_median": 0.8}, "train_seconds": 60.0,
+                "variants": {"softmax": {"coco_ap": soft}, "svm_bbox_reg": {"coco_ap": full}}}
+               for k, (full, soft) in enumerate([(0.50, 0.40), (0.56, 0.44)])]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(summarize_folds(results, folds=2, seed=0, num_images=20)))
+    tool.add("full", run, "SVMs + box regression")
+    assert tool.main(["add", "softmax", str(run), "--label", "softmax", "--variant", "softmax"]) == 0
+    soft = json.loads((tmp_path / "records" / "softmax.json").read_text())
+    assert soft["variant"] == "softmax" and soft["metrics"]["coco_ap"]["values"] == [0.40, 0.44]
+    assert soft["diagnostics"] == {} and "variants" not in soft
+    rows = tool.render_table("rcnn_classic", tool.load_records(tmp_path / "records")).splitlines()[2:]
+    cells = [[c.strip() for c in row.split("|")[1:-1]] for row in rows]
+    assert cells[0][4] == "0.530 ± 0.042" and cells[1][4] == "0.420 ± 0.028"
+    assert cells[1][-2] == "-0.110 (folds 0, 1)" and cells[1][8] == "-"  # no diagnostics for a variant
+    with pytest.raises(SystemExit, match="no variant 'svm' \\(it has: softmax, svm_bbox_reg\\)"):
+        tool.add("svm", run, "svm", variant="svm")

@@ -493,6 +493,40 @@ def test_stages_run_after_fine_tuning_and_resume_where_they_stopped(tiny_classic
     assert rows[2].split(" | ")[-2:] == [f"{total:.1f} min", f"{cpu:.1f} min |"]
 
 
+def test_kfold_keeps_each_variants_scores_per_fold_and_counts_the_stages_as_training(tiny_classic, shapes_root,
+                                                                                      tmp_path):
+    """`detkit kfold` of a classic config: every fold's softmax / SVM / SVM + box regression scores
+    (the evaluate stage's) in its result and mean / std in the summary; the fold's own metrics are
+    `detkit eval` of last.pth, which is the last variant; the stages' seconds count as training."""
+    from detkit.engine.kfold import FOLD_RESULT_FILE, format_summary, kfold
+    from detkit.evaluation.names import FOLD_KEYS
+
+    out = tmp_path / "kf"
+    summary = kfold(pipeline_cfg(shapes_root), folds=2, seed=0, out=out, device="cpu")
+    assert summary["folds_done"] == [0, 1]
+    for k in range(2):
+        fold = out / f"fold_{k}"
+        result = json.loads((fold / FOLD_RESULT_FILE).read_text())
+        report = json.loads((fold / "classic_metrics.json").read_text())
+        assert set(result["variants"]) == set(report["variants"]) == {"softmax", "svm", "svm_bbox_reg"}
+        for name, entry in report["variants"].items():
+            assert result["variants"][name] == {key: entry["metrics"].get(key) for key in FOLD_KEYS}
+        for key in ("voc07_ap50", "coco_ap"):
+            assert result["metrics"][key] == pytest.approx(result["variants"]["svm_bbox_reg"][key])
+        stages = json.loads((fold / "stages.json").read_text())["stages"]
+        assert set(result["stage_seconds"]) == set(stages) >= {"features", "svm", "bbox_reg"}
+        epochs = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
+        loop = sum(r["epoch_time_s"] for r in epochs if r.get("type") == "epoch")
+        assert result["train_seconds"] == pytest.approx(loop + sum(s["seconds"] for s in stages.values()))
+    for name in ("softmax", "svm", "svm_bbox_reg"):
+        values = [json.loads((out / f"fold_{k}" / FOLD_RESULT_FILE).read_text())["variants"][name]["coco_ap"]
+                  for k in range(2)]
+        assert summary["variants"][name]["coco_ap"]["values"] == values
+        assert summary["variants"][name]["coco_ap"]["mean"] == pytest.approx(np.mean(values))
+        assert summary["variants"][name]["coco_ap"]["std"] == pytest.approx(np.std(values, ddof=1))
+    assert "svm: coco_ap" in format_summary(summary)
+
+
 def results_tool():
     spec = importlib.util.spec_from_file_location("rcnn_classic_results", REPO / "tools" / "rcnn_classic_results.py")
     module = importlib.util.module_from_spec(spec)

@@ -106,12 +106,22 @@ def render_table(table: str, records: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def add(name: str, run_dir: Path, label: str, git: str | None = None, baseline: str | None = None) -> Path:
+def add(name: str, run_dir: Path, label: str, git: str | None = None, baseline: str | None = None,
+        variant: str | None = None) -> Path:
     """Copy ``run_dir/summary.json`` into ``docs/results/kfold/<name>.json`` with its label. ``git``:
     the commit whose code trained the run, for a summary written outside a git checkout (its ``git``
     is null then); a summary that knows its commit keeps it. ``baseline``: the record this run
-    changes one thing of, when that is not the table's first row."""
+    changes one thing of, when that is not the table's first row. ``variant``: one of the summary's
+    ``variants`` (the classic R-CNN's softmax / SVMs / SVMs + box regression, scored on the same
+    folds) as the row's metrics; the box-fit diagnostics are the final model's only, so the row has none."""
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    if variant is not None:
+        variants = summary.get("variants") or {}
+        if variant not in variants:
+            raise SystemExit(f"{run_dir}/summary.json has no variant {variant!r} "
+                             f"(it has: {', '.join(variants) or 'none'})")
+        summary = {**summary, "metrics": variants[variant], "diagnostics": {}, "variant": variant}
+    summary.pop("variants", None)  # a row shows one set of metrics
     if git is not None:
         if summary.get("git") not in (None, git):
             raise SystemExit(f"{run_dir}/summary.json says it was written by commit {summary['git']}, not {git}")
@@ -141,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                        "written by a copy of the code outside a git checkout (summary 'git' is null)")
     adder.add_argument("--vs", default=None, metavar="NAME", help="the record this run changes one thing "
                        "of, for the paired difference (default: the table's first row)")
+    adder.add_argument("--variant", default=None, help="take this variant's metrics from the summary's "
+                       "'variants' (classic R-CNN: softmax, svm, svm_bbox_reg)")
     parser.add_argument("--check", action="store_true", help="only compare (exit 1 if the README differs)")
     args = parser.parse_args(argv)
     if args.cmd == "add":
-        print(f"wrote {add(args.name, args.run_dir, args.label, args.git, args.vs)}")
+        print(f"wrote {add(args.name, args.run_dir, args.label, args.git, args.vs, args.variant)}")
         return 0
     if args.check:
         same = render_all(check=True)

@@ -55,6 +55,7 @@ logger = logging.getLogger("detkit")
 PLAN_FILE = "kfold.json"
 SUMMARY_FILE = "summary.json"
 FOLD_RESULT_FILE = "fold_result.json"
+VARIANT_ROWS = ("voc07_ap50", "coco_ap", "coco_ap75")  # printed per variant by format_summary
 # diagnostics carried into the fold results and the summary (see detkit.evaluation.diagnostics)
 DIAGNOSTIC_KEYS = ("iou_median", "iou_q1", "iou_q3", "iou_ge_75", "width_ratio_median", "height_ratio_median",
                    "width_size_slope", "height_size_slope",
@@ -249,15 +250,20 @@ def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, sou
         train_seconds, epochs, checkpoint = trained["train_seconds"], trained["epochs"], source / "last.pth"
         train_seconds = _epoch_seconds(source) or train_seconds
         logger.info("k-fold: fold %d evaluates the weights of %s", k, checkpoint)
+    # Stages fitted after the loop (rcnn_classic: features, SVMs, box regressors, and the few seconds
+    # of its evaluate stage) are part of what `detkit train` takes: training time.
+    stage_seconds = _stage_seconds(fold_dir if source is None else source)
+    train_seconds += sum(stage_seconds.values())
     start = time.perf_counter()
     metrics = evaluate(cfg, checkpoint, metric="all", device=device, metrics_out=fold_dir / "eval_metrics.json",
                        diagnostics_out=fold_dir / "diagnostics.json")
     eval_seconds = time.perf_counter() - start
     diagnostics = json.loads((fold_dir / "diagnostics.json").read_text(encoding="utf-8"))
-    return {
+    result = {
         "metrics": {key: metrics.get(key) for key in FOLD_KEYS},
         "diagnostics": {key: diagnostics.get("summary", {}).get(key) for key in DIAGNOSTIC_KEYS},
         "epochs": epochs,
+        "stage_seconds": stage_seconds,
         # the epochs' own times summed over every part of a resumed fold (startup, evaluation and
         # the lost part of an interrupted epoch left out); with weights_from: the source fold's
         "train_seconds": train_seconds,
@@ -267,6 +273,37 @@ def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, sou
         # the machine may be shared: the load average says how far these times are from an idle one
         "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
     }
+    if source is None and (variants := _variant_metrics(fold_dir)):
+        result["variants"] = variants
+    return result
+
+
+def _stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds of each stage fitted after the training loop (``stages.json``; empty for a detector
+    trained by the loop alone)."""
+    from detkit.engine.stages import STATE_FILE
+
+    try:
+        stages = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8")).get("stages") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {name: float(entry["seconds"]) for name, entry in stages.items()
+            if isinstance(entry, dict) and isinstance(entry.get("seconds"), (int, float))}
+
+
+def _variant_metrics(run_dir: Path) -> dict[str, dict]:
+    """The classic R-CNN's variants scored side by side on the fold's validation images by its
+    ``evaluate`` stage (``classic_metrics.json``: softmax, SVMs, SVMs + box regression; written when
+    ``train.eval_interval > 0``), headline metrics only. Empty for other detectors. The fold's own
+    ``metrics`` stay those of ``detkit eval`` on ``last.pth`` (the last variant)."""
+    from detkit.engine.rcnn_classic import METRICS_FILE
+
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return {}
+    variants = json.loads(path.read_text(encoding="utf-8")).get("variants") or {}
+    return {name: {key: (entry.get("metrics") or {}).get(key) for key in FOLD_KEYS}
+            for name, entry in variants.items()}
 
 
 def _epoch_seconds(fold_dir: Path) -> float | None:
@@ -313,9 +350,18 @@ def summarize_folds(results: Sequence[Mapping], *, folds: int, seed: int, num_im
         "diagnostics": {key: _mean_std([(r.get("diagnostics") or {}).get(key) for r in results])
                         for key in DIAGNOSTIC_KEYS},
         "train_minutes": _mean_std([r["train_seconds"] / 60 for r in results]),
+        **({"variants": _variant_summary(results)} if any(r.get("variants") for r in results) else {}),
         "resumed_folds": [int(r["fold"]) for r in results if r.get("resumed")],
         "load_average": [r.get("load_average") for r in results],
     }
+
+
+def _variant_summary(results: Sequence[Mapping]) -> dict[str, dict]:
+    """Per variant (classic R-CNN) and metric, mean and std over the folds; a fold without the
+    variant counts as missing (nan), not as zero."""
+    names = list(dict.fromkeys(name for r in results for name in (r.get("variants") or {})))
+    return {name: {key: _mean_std([((r.get("variants") or {}).get(name) or {}).get(key) for r in results])
+                   for key in FOLD_KEYS} for name in names}
 
 
 def _git_revision(root: Path | None = None) -> str | None:
@@ -353,6 +399,9 @@ def format_summary(summary: Mapping) -> str:
     rows = [(key, summary["metrics"][key]) for key in FOLD_KEYS]
     rows += [(key, summary["diagnostics"][key]) for key in DIAGNOSTIC_KEYS]
     rows.append(("train minutes", summary["train_minutes"]))
+    # the classic R-CNN's variants, on the same folds: what the SVMs and the box regression add
+    rows += [(f"{name}: {key}", variant[key]) for name, variant in (summary.get("variants") or {}).items()
+             for key in VARIANT_ROWS]
     width = max(len(name) for name, _ in rows)
     header = f"{'metric'.ljust(width)}  {'mean ± std':>15}  " + "  ".join(f"fold {k}".rjust(6) for k in done)
     lines += [header, "-" * len(header)]

@@ -45,13 +45,14 @@ from detkit.models.box_ridge import PAPER_BOX_CODER, RidgeFit, fit_ridge
 from detkit.models.svm import feature_scale, train_svms
 from detkit.ops.boxes import box_iou
 
-__all__ = ["classic_stages", "VARIANTS", "unaugmented_split"]
+__all__ = ["classic_stages", "VARIANTS", "METRICS_FILE", "unaugmented_split"]
 
 logger = logging.getLogger("detkit")
 
 # Regions per image and images whose feature norms set the scale (rcnn_feature_stats.m).
 NORM_SAMPLE_REGIONS = 200
 NORM_SAMPLE_IMAGES = 200
+METRICS_FILE = "classic_metrics.json"  # the evaluate stage's scores of every variant (read by detkit kfold)
 # Evaluated side by side by the evaluate stage: name -> (scoring, box_regression).
 VARIANTS = {
     "softmax": ("softmax", "none"),
@@ -378,7 +379,7 @@ def evaluate_stage(context: StageContext) -> dict:
         logger.info("evaluation (%s: scoring=%s, box_regression=%s):\n%s", name, *VARIANTS[name],
                     format_table(metrics[name]))
     final = "svm_bbox_reg"
-    write_json(context.work_dir / "classic_metrics.json", {
+    write_json(context.work_dir / METRICS_FILE, {
         "variants": {n: {"scoring": VARIANTS[n][0], "box_regression": VARIANTS[n][1], "metrics": metrics[n]}
                      for n in names},
         "stage_seconds": dict(context.seconds),
