@@ -39,6 +39,9 @@ TABLES = {
                "yolov1_lite0_224_60ep_b3", "yolov1_lite0_224_60ep_noobj025"],
     "rcnn": ["rcnn_lite0", "rcnn_lite0_nms05", "rcnn_lite0_nms06", "rcnn_lite0_nms07", "rcnn_lite0_merge06",
              "rcnn_lite0_prop300", "rcnn_lite0_boxw20", "rcnn_lite0_fg50"],
+    # the classic pipeline: its three variants are scored on the same folds and weights (add --variant)
+    "rcnn_classic": ["rcnn_classic_shared", "rcnn_classic_shared_svm", "rcnn_classic_shared_softmax",
+                     "rcnn_classic_shared_nms05", "rcnn_classic_shared_nms06"],
 }
 COLUMNS = (("voc07_ap50", "VOC07 AP50"), ("coco_ap", "COCO AP"), ("coco_ap50", "AP50"), ("coco_ap75", "AP75"),
            ("coco_ar100", "AR100"))
