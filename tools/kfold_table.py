@@ -37,7 +37,7 @@ TABLES = {
                "yolov1_lite0_224", "yolov1_lite0_224_60ep", "yolov1_lite0_224_60ep_ema",
                "yolov1_lite0_224_60ep_crop", "yolov1_lite0_224_60ep_mosaic", "yolov1_lite0_224_60ep_scale05",
                "yolov1_lite0_224_60ep_b3", "yolov1_lite0_224_60ep_noobj025",
-               "yolov1_lite0_224_60ep_ms"],
+               "yolov1_lite0_224_60ep_ms", "yolov1_lite0_224_60ep_coord10"],
     "rcnn": ["rcnn_lite0", "rcnn_lite0_nms05", "rcnn_lite0_nms06", "rcnn_lite0_nms07", "rcnn_lite0_merge06",
              "rcnn_lite0_prop300", "rcnn_lite0_boxw20", "rcnn_lite0_fg50"],
     # the classic pipeline: its three variants are scored on the same folds and weights (add --variant)
