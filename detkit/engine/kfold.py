@@ -252,8 +252,10 @@ def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, sou
         logger.info("k-fold: fold %d evaluates the weights of %s", k, checkpoint)
     # Stages fitted after the loop (rcnn_classic: features, SVMs, box regressors, and the few seconds
     # of its evaluate stage) are part of what `detkit train` takes: training time.
-    stage_seconds = _stage_seconds(fold_dir if source is None else source)
-    train_seconds += sum(stage_seconds.values())
+    from detkit.engine.stages import stage_seconds
+
+    stages = stage_seconds(fold_dir if source is None else source)
+    train_seconds += sum(stages.values())
     start = time.perf_counter()
     metrics = evaluate(cfg, checkpoint, metric="all", device=device, metrics_out=fold_dir / "eval_metrics.json",
                        diagnostics_out=fold_dir / "diagnostics.json")
@@ -263,7 +265,7 @@ def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, sou
         "metrics": {key: metrics.get(key) for key in FOLD_KEYS},
         "diagnostics": {key: diagnostics.get("summary", {}).get(key) for key in DIAGNOSTIC_KEYS},
         "epochs": epochs,
-        "stage_seconds": stage_seconds,
+        "stage_seconds": stages,
         # the epochs' own times summed over every part of a resumed fold (startup, evaluation and
         # the lost part of an interrupted epoch left out); with weights_from: the source fold's
         "train_seconds": train_seconds,
@@ -276,19 +278,6 @@ def _run_fold(cfg: dict, fold_dir: Path, k: int, device, train, extra_hooks, sou
     if source is None and (variants := _variant_metrics(fold_dir)):
         result["variants"] = variants
     return result
-
-
-def _stage_seconds(run_dir: Path) -> dict[str, float]:
-    """Seconds of each stage fitted after the training loop (``stages.json``; empty for a detector
-    trained by the loop alone)."""
-    from detkit.engine.stages import STATE_FILE
-
-    try:
-        stages = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8")).get("stages") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {name: float(entry["seconds"]) for name, entry in stages.items()
-            if isinstance(entry, dict) and isinstance(entry.get("seconds"), (int, float))}
 
 
 def _variant_metrics(run_dir: Path) -> dict[str, dict]:

@@ -34,7 +34,8 @@ from detkit.engine.hooks import Hook
 from detkit.errors import ConfigError
 from detkit.jsonio import write_json
 
-__all__ = ["Stage", "StageContext", "StagesHook", "stage_hooks", "network_fingerprint", "STATE_FILE"]
+__all__ = ["Stage", "StageContext", "StagesHook", "stage_hooks", "network_fingerprint", "stage_seconds",
+           "STATE_FILE"]
 
 logger = logging.getLogger("detkit")
 
@@ -161,6 +162,17 @@ class StagesHook(Hook):
             done[stage.name] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "summary": summary}
             write_json(path, state)
             logger.info("stage %s: finished in %.1f s (%.1f s of CPU)", stage.name, seconds, cpu_seconds)
+
+
+def stage_seconds(work_dir: Path) -> dict[str, float]:
+    """Wall-clock seconds of each finished stage of the run in ``work_dir`` (``{}`` for a detector
+    trained by the loop alone, or an unreadable ``stages.json``); ``detkit kfold`` counts them as
+    training time."""
+    state = _read_json(Path(work_dir) / STATE_FILE, "its stage times are left out")
+    if state.get("format") != _STATE_FORMAT:
+        return {}
+    return {name: float(entry["seconds"]) for name, entry in (state.get("stages") or {}).items()
+            if isinstance(entry, dict) and isinstance(entry.get("seconds"), (int, float))}
 
 
 def _read_state(path: Path) -> dict:
